@@ -1,0 +1,566 @@
+# cython: language_level=3, freethreading_compatible=True
+"""The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, and the
+child entry of clone()/clone3()."""
+
+import os
+import sys
+
+from libc.errno cimport errno, EINTR, ECHILD
+from libc.string cimport memset, strerror
+from libc.stdint cimport uint64_t
+from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
+    PROT_READ, PROT_WRITE, PROT_NONE
+from posix.types cimport pid_t, uid_t
+from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
+from posix.wait cimport waitpid
+from cpython.object cimport PyObject_AsFileDescriptor
+from cpython.exc cimport PyErr_Clear
+from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
+from libc.limits cimport INT_MAX
+
+cdef extern from "Python.h":
+    void PyOS_BeforeFork()
+    void PyOS_AfterFork_Parent()
+    void PyOS_AfterFork_Child()
+    ctypedef struct PyInterpreterState
+    PyInterpreterState *PyInterpreterState_Get()
+    PyInterpreterState *PyInterpreterState_Main()
+
+cdef extern from "<unistd.h>" nogil:
+    int pipe2(int fds[2], int flags)
+
+cdef extern from "<signal.h>" nogil:
+    const int SIGCHLD
+    const int SIGKILL
+    const int NSIG "_NSIG"
+    ctypedef struct stack_t:
+        void *ss_sp
+        int ss_flags
+        size_t ss_size
+
+cdef extern from "<ucontext.h>" nogil:
+    ctypedef struct ucontext_t:
+        ucontext_t *uc_link
+        stack_t uc_stack
+    int getcontext(ucontext_t *ucp)
+    int setcontext(const ucontext_t *ucp)
+    void makecontext(ucontext_t *ucp, void (*func)() noexcept nogil, int argc, ...)
+
+cdef extern from *:
+    # glibc >= 2.32 keeps this false once a second thread has ever existed.
+    """
+    #include <stdio.h>
+    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+    #include <sys/single_threaded.h>
+    #define LC_NEVER_THREADED() (__libc_single_threaded != 0)
+    #else
+    #define LC_NEVER_THREADED() 0
+    #endif
+    """
+    bint LC_NEVER_THREADED() nogil
+
+
+# ---- constants, as the headers define them (the Python layer builds the enums) ----
+
+CLONE_FLAGS = {
+    "FILES": CLONE_FILES, "FS": CLONE_FS, "NEWNS": CLONE_NEWNS, "VM": CLONE_VM,
+    "THREAD": CLONE_THREAD, "SIGHAND": CLONE_SIGHAND, "SYSVSEM": CLONE_SYSVSEM,
+    "NEWUSER": CLONE_NEWUSER, "NEWPID": CLONE_NEWPID, "NEWUTS": CLONE_NEWUTS,
+    "NEWIPC": CLONE_NEWIPC, "NEWNET": CLONE_NEWNET, "NEWCGROUP": CLONE_NEWCGROUP,
+    "NEWTIME": CLONE_NEWTIME, "PTRACE": CLONE_PTRACE, "VFORK": CLONE_VFORK,
+    "SETTLS": CLONE_SETTLS, "PARENT_SETTID": CLONE_PARENT_SETTID,
+    "CHILD_SETTID": CLONE_CHILD_SETTID, "CHILD_CLEARTID": CLONE_CHILD_CLEARTID,
+    "PIDFD": CLONE_PIDFD, "DETACHED": CLONE_DETACHED, "UNTRACED": CLONE_UNTRACED,
+    "IO": CLONE_IO, "PARENT": CLONE_PARENT, "CLEAR_SIGHAND": CLONE_CLEAR_SIGHAND,
+    "INTO_CGROUP": CLONE_INTO_CGROUP, "CSIGNAL": CSIGNAL,
+}
+KCMP_TYPES = {
+    "KCMP_FILE": KCMP_FILE, "KCMP_VM": KCMP_VM, "KCMP_FILES": KCMP_FILES, "KCMP_FS": KCMP_FS,
+    "KCMP_SIGHAND": KCMP_SIGHAND, "KCMP_IO": KCMP_IO, "KCMP_SYSVSEM": KCMP_SYSVSEM,
+    "KCMP_EPOLL_TFD": KCMP_EPOLL_TFD,
+}
+NS_IOCTLS = {
+    "NS_GET_USERNS": NS_GET_USERNS, "NS_GET_PARENT": NS_GET_PARENT,
+    "NS_GET_NSTYPE": NS_GET_NSTYPE, "NS_GET_OWNER_UID": NS_GET_OWNER_UID,
+}
+WAIT_ALL = WALL
+
+# A Python child cannot share the parent's memory, signal handlers or thread identity.
+cdef unsigned long long _NOT_FOR_PYTHON = (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_SETTLS
+                                           | CLONE_PARENT_SETTID | CLONE_CHILD_SETTID
+                                           | CLONE_CHILD_CLEARTID)
+# Namespaces whose creation or entry can sleep on kernel-wide locks (namespace_sem, rtnl,
+# pernet_ops_rwsem, cred commits): the GIL is released for them.  The rest finish in well
+# under a microsecond, where releasing the GIL would cost more than the call.
+cdef unsigned long long _MAY_BLOCK = CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID
+# Sharing flags tie the child to the process that calls clone, so the fork-safe path (which
+# clones from a forked helper) cannot give them their meaning.
+cdef unsigned long long _SHARES_WITH_CALLER = (CLONE_FILES | CLONE_FS | CLONE_SYSVSEM | CLONE_IO
+                                               | CLONE_PARENT)
+
+cdef dict _nstype_members = {}
+
+
+def _register_nstypes(flag_type):
+    """Let ns_get_nstype() return members of `flag_type` (CloneFlag) without an enum lookup."""
+    _nstype_members.clear()
+    for member in flag_type.__members__.values():
+        _nstype_members.setdefault(int(member), member)
+
+
+# ---- the one errno path ----
+
+cdef int _raise_errno(int err, object filename=None, object filename2=None) except -1:
+    raise OSError(err, strerror(err).decode(), filename, None, filename2)
+
+
+# ---- argument conversion ----
+
+cdef class _Ns:
+    """A namespace argument as an fd: ints and fileno() objects as they are, paths opened
+    (close-on-exec) and closed again by release()."""
+    cdef int fd
+    cdef object path
+
+    cdef int release(self) except -1:
+        if self.path is not None and self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        return 0
+
+
+cdef inline bint _is_path(object obj):
+    return isinstance(obj, (str, bytes)) or hasattr(type(obj), "__fspath__")
+
+
+cdef bytes _fsencode(object path):
+    cdef bytes raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
+cdef _Ns _open_ns(object ns):
+    cdef _Ns r = _Ns.__new__(_Ns)
+    cdef bytes raw
+    if not _is_path(ns):
+        r.fd = PyObject_AsFileDescriptor(ns)
+        return r
+    raw = _fsencode(ns)
+    r.path = ns
+    r.fd = c_open(raw, O_RDONLY | O_CLOEXEC)
+    if r.fd < 0:
+        _raise_errno(errno, ns)
+    return r
+
+
+cdef inline int _fd_of(object ns) noexcept:
+    # The fast path of _open_ns for the common case, an int fd; -1 sends the rest there.
+    cdef long value
+    if PyLong_CheckExact(ns):
+        value = PyLong_AsLong(ns)
+        if 0 <= value <= INT_MAX:
+            return <int>value
+        PyErr_Clear()
+    return -1
+
+
+# ---- the wrappers: convert, call, check ----
+
+def unshare(unsigned int flags):
+    """Move the calling thread into new namespaces (and unshare state), as unshare(2).
+
+    flags: CloneFlag bits (NEWNET, NEWUTS, NEWNS, ...).
+    """
+    cdef int rc
+    if flags & _MAY_BLOCK:
+        with nogil:
+            rc = sys_unshare(<int>flags)
+    else:
+        rc = sys_unshare(<int>flags)
+    if rc == -1:
+        _raise_errno(errno)
+
+
+def setns(ns, int nstype=0):
+    """Move the calling thread into the namespace `ns`, as setns(2).
+
+    ns: an fd, an object with fileno(), or the path of a namespace file (or a pidfd).
+    nstype: 0 for any type, else the CloneFlag NEW* bit(s) the namespace must have.
+    """
+    cdef int rc, err, fd = _fd_of(ns)
+    cdef _Ns opened = None
+    if fd < 0:
+        opened = _open_ns(ns)
+        fd = opened.fd
+    if nstype == 0 or nstype & _MAY_BLOCK:
+        with nogil:
+            rc = sys_setns(fd, nstype)
+    else:
+        rc = sys_setns(fd, nstype)
+    err = errno
+    if opened is not None:
+        opened.release()
+        if rc == -1:
+            _raise_errno(err, opened.path)
+    if rc == -1:
+        _raise_errno(err)
+
+
+def pivot_root(new_root, old_root):
+    """Make `new_root` the root of the calling process's mount namespace, as pivot_root(2).
+
+    new_root: the new root, a mount point (str, bytes or os.PathLike).
+    old_root: where the old root is mounted, at or under new_root.
+    """
+    cdef bytes new = _fsencode(new_root), old = _fsencode(old_root)
+    cdef const char *c_new = new
+    cdef const char *c_old = old
+    cdef int rc
+    with nogil:
+        rc = sys_pivot_root(c_new, c_old)
+    if rc == -1:
+        _raise_errno(errno, new_root, old_root)
+
+
+def kcmp(pid_t pid1, pid_t pid2, int type, unsigned long idx1=0, idx2=0):
+    """Compare kernel resources of two processes, as kcmp(2): 0 equal, 1 less, 2 greater,
+    3 not equal (ordering unavailable).
+
+    pid1, pid2: process ids.  type: a KCMP_* constant.
+    idx1, idx2: fds for KCMP_FILE; for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset).
+    """
+    cdef kcmp_epoll_slot slot
+    cdef unsigned long c_idx2
+    cdef int rc
+    if type == KCMP_EPOLL_TFD:
+        if not isinstance(idx2, tuple) or len(idx2) != 3:
+            raise TypeError("KCMP_EPOLL_TFD takes idx2 as a tuple (epoll_fd, target_fd, offset)")
+        slot.efd, slot.tfd, slot.toff = idx2
+        c_idx2 = <unsigned long>&slot
+    elif isinstance(idx2, tuple):
+        raise TypeError("idx2 is a tuple only with KCMP_EPOLL_TFD")
+    else:
+        c_idx2 = idx2
+    rc = sys_kcmp(pid1, pid2, type, idx1, c_idx2)
+    if rc == -1:
+        _raise_errno(errno)
+    return rc
+
+
+def configure_loopback():
+    """Bring up `lo` in the calling thread's network namespace (as `ip link set lo up`);
+    the kernel then gives it 127.0.0.1 and ::1."""
+    if lc_configure_loopback() == -1:
+        _raise_errno(errno)
+
+
+cdef int _ns_ioctl(object ns, unsigned long request) except -1:
+    cdef int rc, err, fd = _fd_of(ns)
+    cdef _Ns opened = None
+    if fd < 0:
+        opened = _open_ns(ns)
+        fd = opened.fd
+    rc = lc_ns_ioctl(fd, request)
+    err = errno
+    if opened is not None:
+        opened.release()
+        if rc == -1:
+            _raise_errno(err, opened.path)
+    if rc == -1:
+        _raise_errno(err)
+    return rc
+
+
+def ns_get_userns(ns):
+    """A new fd (close-on-exec) for the user namespace that owns `ns` (NS_GET_USERNS).
+
+    ns: an fd, an object with fileno(), or a path of a namespace file.
+    """
+    return _ns_ioctl(ns, NS_GET_USERNS)
+
+
+def ns_get_parent(ns):
+    """A new fd (close-on-exec) for the parent of the pid or user namespace `ns`
+    (NS_GET_PARENT).
+
+    ns: an fd, an object with fileno(), or a path of a namespace file.
+    """
+    return _ns_ioctl(ns, NS_GET_PARENT)
+
+
+def ns_get_nstype(ns):
+    """The type of the namespace `ns` as a CloneFlag NEW* member (NS_GET_NSTYPE).
+
+    ns: an fd, an object with fileno(), or a path of a namespace file.
+    """
+    cdef int value = _ns_ioctl(ns, NS_GET_NSTYPE)
+    return _nstype_members.get(value, value)
+
+
+def ns_get_owner_uid(ns):
+    """The uid (in the caller's user namespace) of the owner of user namespace `ns`
+    (NS_GET_OWNER_UID).
+
+    ns: an fd, an object with fileno(), or a path of a user namespace file.
+    """
+    cdef uid_t uid
+    cdef int rc, err, fd = _fd_of(ns)
+    cdef _Ns opened = None
+    if fd < 0:
+        opened = _open_ns(ns)
+        fd = opened.fd
+    rc = lc_ns_get_owner_uid(fd, &uid)
+    err = errno
+    if opened is not None:
+        opened.release()
+        if rc == -1:
+            _raise_errno(err, opened.path)
+    if rc == -1:
+        _raise_errno(err)
+    return uid
+
+
+def pidfd_open(pid_t pid, unsigned int flags=0):
+    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2)."""
+    cdef int fd = sys_pidfd_open(pid, flags)
+    if fd == -1:
+        _raise_errno(errno)
+    return fd
+
+
+# ---- clone: the parent side ----
+
+cdef size_t _page_size = <size_t>sysconf(_SC_PAGESIZE)
+
+# What the child needs once it runs.  Only the thread holding the GIL writes these, right
+# before the clone, and the child reads its own copy.
+cdef object _child_func = None
+cdef char *_child_stack = NULL
+cdef size_t _child_stack_size = 0
+cdef ucontext_t _child_context
+
+
+cdef class _Stack:
+    """A dedicated child stack: `size` bytes rounded up to pages, plus a guard page below."""
+    cdef char *base
+    cdef size_t length
+
+    def __cinit__(self, size_t size):
+        cdef size_t usable = (size + _page_size - 1) // _page_size * _page_size
+        if usable < size or usable + _page_size < usable:
+            raise OverflowError("stack_size is too large")
+        self.length = usable + _page_size
+        self.base = <char *>mmap(NULL, self.length, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void *>self.base == MAP_FAILED:
+            self.base = NULL
+            _raise_errno(errno)
+        if mprotect(self.base, _page_size, PROT_NONE) == -1:
+            _raise_errno(errno)
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.length)
+
+
+cdef bint _single_threaded():
+    # The cheap answer first; a process that once had threads reads its current count.
+    if LC_NEVER_THREADED():
+        return True
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[17] == b"1"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *args,
+                      int *pidfd) noexcept nogil:
+    """The clone syscall, fork-like: the child returns 0 on a copy of the caller's stack."""
+    if args != NULL:
+        args.flags = flags
+        args.exit_signal = <unsigned int>exit_signal
+        args.pidfd = <uint64_t>pidfd
+        return sys_clone3(args, sizeof(lc_clone_args))
+    return sys_clone_fork(<unsigned long>(flags | <unsigned int>exit_signal), pidfd)
+
+
+cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_args *args,
+                            int *err) noexcept nogil:
+    """Clone as safely as fork() in a threaded process.
+
+    glibc's fork() takes the malloc, stdio and atfork locks, so its child inherits none held
+    by another thread; a raw clone does not.  So fork() a helper, which (now single-threaded)
+    clones with CLONE_PARENT -- the child becomes the caller's child -- reports the pid
+    through a pipe and exits.  Returns 0 in the child, the pid or -1 (with *err) in the parent.
+    """
+    cdef int fds[2]
+    cdef int value = 0, status
+    cdef pid_t helper, pid
+    cdef ssize_t n
+    if pipe2(fds, O_CLOEXEC) == -1:
+        err[0] = errno
+        return -1
+    helper = fork()
+    if helper == 0:
+        pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args, NULL)
+        if pid == 0:
+            close(fds[0])
+            close(fds[1])
+            return 0
+        value = pid if pid > 0 else -errno
+        write(fds[1], &value, sizeof(value))
+        _exit(0)
+    err[0] = errno
+    close(fds[1])
+    if helper == -1:
+        close(fds[0])
+        return -1
+    while True:
+        n = read(fds[0], &value, sizeof(value))
+        if n != -1 or errno != EINTR:
+            break
+    close(fds[0])
+    while waitpid(helper, &status, 0) == -1 and errno == EINTR:
+        pass
+    if n != sizeof(value):
+        err[0] = ECHILD  # the helper died before it could report
+        return -1
+    if value < 0:
+        err[0] = -value
+        return -1
+    return value
+
+
+cdef void _child_on_stack() noexcept nogil:
+    with gil:
+        _child_main(_child_func)
+
+
+cdef void _child_start() noexcept:
+    """First code of the child: the interpreter's after-fork work, then func()."""
+    PyOS_AfterFork_Child()
+    if _child_stack != NULL:
+        # Continue on the dedicated stack; the copy of the caller's stack is never used again.
+        getcontext(&_child_context)
+        _child_context.uc_stack.ss_sp = _child_stack
+        _child_context.uc_stack.ss_size = _child_stack_size
+        _child_context.uc_link = NULL
+        makecontext(&_child_context, _child_on_stack, 0)
+        setcontext(&_child_context)
+        _exit(127)  # setcontext returns only on failure
+    _child_main(_child_func)
+
+
+cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
+                   int exit_signal, lc_clone_args *args):
+    """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
+    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD)."""
+    global _child_func, _child_stack, _child_stack_size
+    cdef _Stack stack = None
+    cdef int pidfd = -1, err = 0
+    cdef pid_t pid
+    cdef bint want_pidfd = (flags & CLONE_PIDFD) != 0
+    if not callable(func):
+        raise TypeError(f"func must be callable, not {type(func).__name__}")
+    if stack_size < 0:
+        raise ValueError("stack_size must not be negative")
+    if flags & _NOT_FOR_PYTHON:
+        raise ValueError("VM, THREAD, SIGHAND, SETTLS, PARENT_SETTID, CHILD_SETTID and "
+                         "CHILD_CLEARTID cannot carry a Python child; use the C-level API "
+                         "of linux_clone._core")
+    if exit_signal < 0 or exit_signal >= NSIG:
+        raise ValueError(f"exit signal {exit_signal} is not a signal number")
+    if PyInterpreterState_Get() != PyInterpreterState_Main():
+        raise RuntimeError("clone() is not supported in subinterpreters")
+    if stack_size > 0:
+        stack = _Stack(stack_size)
+    # What the parent has buffered must not be written again by the child.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    direct = (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD
+                or _single_threaded())
+    _child_func = func
+    _child_stack = stack.base + _page_size if stack is not None else NULL
+    _child_stack_size = stack.length - _page_size if stack is not None else 0
+    PyOS_BeforeFork()
+    if direct:
+        pid = _raw_clone(flags, exit_signal, args, &pidfd)
+        err = errno
+    else:
+        pid = _clone_from_fork(flags & ~CLONE_PIDFD, exit_signal, args, &err)
+    if pid == 0:
+        _child_start()
+    PyOS_AfterFork_Parent()
+    _child_func = None
+    if pid == -1:
+        _raise_errno(err)
+    if want_pidfd and pidfd == -1:
+        pidfd = sys_pidfd_open(pid, 0)
+        if pidfd == -1:
+            _raise_errno(errno)
+    if want_pidfd:
+        return (pid, pidfd)
+    return pid
+
+
+def clone(func, Py_ssize_t stack_size=0, unsigned long long flags=SIGCHLD):
+    """Create a child process as clone(2) does and call func() in it; return its pid
+    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone adds the id maps."""
+    cdef unsigned long long ns_flags = flags & ~CSIGNAL
+    cdef int exit_signal = <int>(flags & CSIGNAL & ~CLONE_NEWTIME)
+    cdef lc_clone_args args
+    if flags & CLONE_NEWTIME:
+        # Legacy clone(2) reads bit 0x80 as part of the exit signal; only clone3 can say it.
+        memset(&args, 0, sizeof(args))
+        return _clone(func, stack_size, (ns_flags | CLONE_NEWTIME) & ~CLONE_DETACHED,
+                      exit_signal, &args)
+    return _clone(func, stack_size, ns_flags, exit_signal, NULL)
+
+
+# ---- clone: the child side ----
+
+cdef int _exit_status(object code) except? -1:
+    """The exit status for a return value or SystemExit code, as the interpreter's top level
+    turns `sys.exit(code)` into one."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return <int>(code & 0xFF)
+    return -1
+
+
+cdef void _child_main(object func) noexcept:
+    """Run func() in the child and _exit with its status; never returns."""
+    cdef int status = 1
+    try:
+        try:
+            result = func()
+        except SystemExit as exc:
+            status = _exit_status(exc.code)
+            if status == -1:
+                print(exc.code, file=sys.stderr)
+                status = 1
+        else:
+            status = _exit_status(result)
+            if status == -1:
+                raise TypeError(f"clone child returned {type(result).__name__}, "
+                                f"not an int or None")
+    except BaseException:
+        status = 1
+        try:
+            sys.excepthook(*sys.exc_info())
+        except BaseException:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    _exit(status)
