@@ -1,0 +1,130 @@
+"""Type stubs for linux_clone."""
+
+import enum
+import os
+from typing import Callable, Iterable, Optional, Tuple, Union
+
+_Fd = Union[int, "_HasFileno"]
+_Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+_Ns = Union[_Fd, _Path]
+IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+
+class _HasFileno:
+    def fileno(self) -> int: ...
+
+class CloneFlag(enum.IntFlag):
+    FILES = 0x400
+    FS = 0x200
+    NEWNS = 0x20000
+    VM = 0x100
+    THREAD = 0x10000
+    SIGHAND = 0x800
+    SYSVSEM = 0x40000
+    NEWUSER = 0x10000000
+    NEWPID = 0x20000000
+    NEWUTS = 0x4000000
+    NEWIPC = 0x8000000
+    NEWNET = 0x40000000
+    NEWCGROUP = 0x2000000
+    NEWTIME = 0x80
+    PTRACE = 0x2000
+    VFORK = 0x4000
+    SETTLS = 0x80000
+    PARENT_SETTID = 0x100000
+    CHILD_SETTID = 0x1000000
+    CHILD_CLEARTID = 0x200000
+    PIDFD = 0x1000
+    DETACHED = 0x400000
+    UNTRACED = 0x800000
+    IO = 0x80000000
+    PARENT = 0x8000
+    CLEAR_SIGHAND = 0x100000000
+    INTO_CGROUP = 0x200000000
+    CSIGNAL = 0xff
+
+FILES: CloneFlag
+FS: CloneFlag
+NEWNS: CloneFlag
+VM: CloneFlag
+THREAD: CloneFlag
+SIGHAND: CloneFlag
+SYSVSEM: CloneFlag
+NEWUSER: CloneFlag
+NEWPID: CloneFlag
+NEWUTS: CloneFlag
+NEWIPC: CloneFlag
+NEWNET: CloneFlag
+NEWCGROUP: CloneFlag
+NEWTIME: CloneFlag
+PTRACE: CloneFlag
+VFORK: CloneFlag
+SETTLS: CloneFlag
+PARENT_SETTID: CloneFlag
+CHILD_SETTID: CloneFlag
+CHILD_CLEARTID: CloneFlag
+PIDFD: CloneFlag
+DETACHED: CloneFlag
+UNTRACED: CloneFlag
+IO: CloneFlag
+PARENT: CloneFlag
+CLEAR_SIGHAND: CloneFlag
+INTO_CGROUP: CloneFlag
+CSIGNAL: CloneFlag
+CLONE_FILES: CloneFlag
+CLONE_FS: CloneFlag
+CLONE_NEWNS: CloneFlag
+CLONE_VM: CloneFlag
+CLONE_THREAD: CloneFlag
+CLONE_SIGHAND: CloneFlag
+CLONE_SYSVSEM: CloneFlag
+CLONE_NEWUSER: CloneFlag
+CLONE_NEWPID: CloneFlag
+CLONE_NEWUTS: CloneFlag
+CLONE_NEWIPC: CloneFlag
+CLONE_NEWNET: CloneFlag
+CLONE_NEWCGROUP: CloneFlag
+CLONE_NEWTIME: CloneFlag
+CLONE_PTRACE: CloneFlag
+CLONE_VFORK: CloneFlag
+CLONE_SETTLS: CloneFlag
+CLONE_PARENT_SETTID: CloneFlag
+CLONE_CHILD_SETTID: CloneFlag
+CLONE_CHILD_CLEARTID: CloneFlag
+CLONE_PIDFD: CloneFlag
+CLONE_DETACHED: CloneFlag
+CLONE_UNTRACED: CloneFlag
+CLONE_IO: CloneFlag
+CLONE_PARENT: CloneFlag
+CLONE_CLEAR_SIGHAND: CloneFlag
+CLONE_INTO_CGROUP: CloneFlag
+CLONE_CSIGNAL: CloneFlag
+
+KCMP_FILE: int
+KCMP_VM: int
+KCMP_FILES: int
+KCMP_FS: int
+KCMP_SIGHAND: int
+KCMP_IO: int
+KCMP_SYSVSEM: int
+KCMP_EPOLL_TFD: int
+NS_GET_USERNS: int
+NS_GET_PARENT: int
+NS_GET_NSTYPE: int
+NS_GET_OWNER_UID: int
+NS_OWNER_UID: int
+WALL: int
+
+def unshare(flags: int) -> None: ...
+def setns(ns: _Ns, nstype: int = 0) -> None: ...
+def pivot_root(new_root: _Path, old_root: _Path) -> None: ...
+def kcmp(pid1: int, pid2: int, type: int, idx1: int = 0,
+         idx2: Union[int, Tuple[int, int, int]] = 0) -> int: ...
+def configure_loopback() -> None: ...
+def ns_get_userns(ns: _Ns) -> int: ...
+def ns_get_parent(ns: _Ns) -> int: ...
+def ns_get_nstype(ns: _Ns) -> CloneFlag: ...
+def ns_get_owner_uid(ns: _Ns) -> int: ...
+def pidfd_open(pid: int, flags: int = 0) -> int: ...
+def clone(func: Callable[[], object], stack_size: int = 0, flags: int = ..., *,
+          uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+          setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]: ...
