@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
-from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._core import (
@@ -58,13 +58,23 @@ def _map_text(idmap: IdMap) -> bytes:
     return "".join(out).encode()
 
 
-def _write_proc(pid: int, name: str, data: bytes) -> None:
-    path = f"/proc/{pid}/{name}"
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+def _write_maps(pid: int, uid_text: Optional[bytes], setgroups: Optional[str],
+                gid_text: Optional[bytes]) -> None:
+    """Write /proc/<pid>/uid_map, setgroups and gid_map, in the order the kernel needs."""
+    for name, data in (("uid_map", uid_text),
+                       ("setgroups", None if setgroups is None else setgroups.encode()),
+                       ("gid_map", gid_text)):
+        if data is not None:
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+
+def _check_setgroups(setgroups: Optional[str]) -> None:
+    if setgroups not in (None, "allow", "deny"):
+        raise ValueError("setgroups must be 'allow', 'deny' or None")
 
 
 def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[], object],
@@ -74,8 +84,7 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
     pipe, then let it run func.  A failure kills and reaps the child before it raises."""
     if uid_map is None and gid_map is None and setgroups is None:
         return start(func)
-    if setgroups not in (None, "allow", "deny"):
-        raise ValueError("setgroups must be 'allow', 'deny' or None")
+    _check_setgroups(setgroups)
     uid_text = None if uid_map is None else _map_text(uid_map)
     gid_text = None if gid_map is None else _map_text(gid_map)
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
@@ -97,21 +106,16 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
     os.close(rfd)
     pid = result[0] if isinstance(result, tuple) else result
     try:
-        if uid_text is not None:
-            _write_proc(pid, "uid_map", uid_text)
-        if setgroups is not None:
-            _write_proc(pid, "setgroups", setgroups.encode())
-        if gid_text is not None:
-            _write_proc(pid, "gid_map", gid_text)
+        _write_maps(pid, uid_text, setgroups, gid_text)  # type: ignore[arg-type]
         os.write(wfd, b"1")
     except BaseException:
-        os.close(wfd)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, WALL)
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        os.waitpid(pid, WALL)  # type: ignore[arg-type]
         if isinstance(result, tuple):
             os.close(result[1])
         raise
-    os.close(wfd)
+    finally:
+        os.close(wfd)
     return result
 
 
@@ -135,9 +139,59 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
                       uid_map, gid_map, setgroups)
 
 
+def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = signal.SIGCHLD,
+           stack_size: int = 0, cgroup: Optional[object] = None, set_tid: Sequence[int] = (),
+           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+           setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]:
+    """Create a child process as clone3(2) does and call func() in it; return its pid.
+
+    func, stack_size, uid_map, gid_map, setgroups: as for clone().
+    flags: CloneFlag bits without an exit signal (NEWTIME and CLEAR_SIGHAND are allowed here);
+        with PIDFD the result is (pid, pidfd).
+    exit_signal: the signal the parent gets when the child exits (0 for none).
+    cgroup: an fd or path of a cgroup v2 directory to start the child in (CLONE_INTO_CGROUP).
+    set_tid: the pid to use in each pid namespace level, innermost first.
+    A kernel without clone3 (before 5.3) raises OSError(ENOSYS).
+    """
+    return _with_maps(lambda f: _core.clone3(f, flags, exit_signal=exit_signal,  # type: ignore
+                                             stack_size=stack_size, cgroup=cgroup,
+                                             set_tid=set_tid),
+                      func, uid_map, gid_map, setgroups)
+
+
+def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]],
+          flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+          cwd: Optional[Union[str, bytes, "os.PathLike[str]"]] = None,
+          uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+          hostname: Optional[str] = None, loopback: bool = False,
+          pidfd: bool = False) -> Union[int, Tuple[int, int]]:
+    """Run a program in new namespaces as posix_spawn runs one: CLONE_VM|CLONE_VFORK and a
+    child that makes only syscalls, then execve.  Return its pid ((pid, pidfd) with pidfd).
+
+    argv: the program (searched in PATH unless it has a slash) and its arguments.
+    flags: CloneFlag NEW* bits.
+    env: the environment (default: os.environ); cwd: the directory to run in.
+    uid_map, gid_map: with NEWUSER, the id maps, written while the child waits ("deny" goes
+        to setgroups first when the caller is not root, as the kernel then requires).
+    hostname: set in the new UTS namespace (needs NEWUTS); loopback: bring up lo (needs NEWNET).
+    An exec failure raises the OSError it was (errno kept, filename argv[0]) in the parent.
+    """
+    before_start = None
+    if uid_map is not None or gid_map is not None:
+        uid_text = None if uid_map is None else _map_text(uid_map)
+        gid_text = None if gid_map is None else _map_text(gid_map)
+        setgroups = "deny" if gid_text is not None and os.geteuid() != 0 else None
+
+        def before_start(pid: int) -> None:
+            _write_maps(pid, uid_text, setgroups, gid_text)
+
+    return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,  # type: ignore
+                       loopback=loopback, pidfd=pidfd, before_start=before_start)
+
+
 __all__ = [
     "CloneFlag", "IdMap", "WALL", "NS_OWNER_UID",
-    "clone", "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid",
+    "clone", "clone3", "spawn", "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid",
     "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns", "unshare",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),

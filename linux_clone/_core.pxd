@@ -148,6 +148,45 @@ cdef extern from *:
     #endif
     }
 
+    /* clone3 that runs fn(arg) in the child on args->stack, then exits with its result --
+       what glibc's clone() does for clone(2).  glibc exports no clone3 wrapper, and a child
+       on a new stack must not return through the caller's frames, so this is assembly:
+       x86-64 only, ENOSYS elsewhere (use sys_clone there). */
+    typedef int (*lc_child_fn)(void *);
+    static inline pid_t sys_clone3_fn(struct lc_clone_args *args, size_t size,
+                                      lc_child_fn fn, void *arg) {
+    #if defined(__x86_64__) && defined(SYS_clone3)
+        long ret;
+        register lc_child_fn r_fn __asm__("r12") = fn;
+        register void *r_arg __asm__("r13") = arg;
+        __asm__ volatile(
+            "syscall\\n\\t"
+            "test %%rax, %%rax\\n\\t"
+            "jnz 1f\\n\\t"
+            "xor %%ebp, %%ebp\\n\\t"
+            "and $-16, %%rsp\\n\\t"
+            "mov %%r13, %%rdi\\n\\t"
+            "call *%%r12\\n\\t"
+            "mov %%eax, %%edi\\n\\t"
+            "mov %[nr_exit], %%eax\\n\\t"
+            "syscall\\n\\t"
+            "hlt\\n"
+            "1:"
+            : "=a"(ret)
+            : "0"((long)SYS_clone3), "D"(args), "S"(size), "r"(r_fn), "r"(r_arg),
+              [nr_exit] "i"(SYS_exit)
+            : "rcx", "r11", "memory", "cc");
+        if (ret < 0) {
+            errno = (int)-ret;
+            return -1;
+        }
+        return (pid_t)ret;
+    #else
+        (void)args; (void)size; (void)fn; (void)arg;
+        return lc_enosys();
+    #endif
+    }
+
     static inline int sys_pidfd_open(pid_t pid, unsigned int flags) {
     #ifdef SYS_pidfd_open
         return (int)syscall(SYS_pidfd_open, pid, flags);
@@ -201,6 +240,8 @@ cdef extern from *:
     int sys_kcmp(pid_t pid1, pid_t pid2, int type, unsigned long idx1, unsigned long idx2) nogil
     int sys_pivot_root(const char *new_root, const char *put_old) nogil
     pid_t sys_clone3(lc_clone_args *args, size_t size) nogil
+    pid_t sys_clone3_fn(lc_clone_args *args, size_t size, int (*fn)(void *) noexcept nogil,
+                        void *arg) nogil
     pid_t sys_clone_fork(unsigned long flags, int *parent_tid) nogil
     int sys_pidfd_open(pid_t pid, unsigned int flags) nogil
     int lc_ns_ioctl(int fd, unsigned long request) nogil

@@ -5,17 +5,18 @@ child entry of clone()/clone3()."""
 import os
 import sys
 
-from libc.errno cimport errno, EINTR, ECHILD
+from libc.errno cimport errno, EINTR, ECHILD, ENOENT, ENOTDIR
 from libc.string cimport memset, strerror
 from libc.stdint cimport uint64_t
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
     PROT_READ, PROT_WRITE, PROT_NONE
-from posix.types cimport pid_t, uid_t
+from posix.types cimport pid_t, sigset_t, uid_t
 from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.exc cimport PyErr_Clear
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
 from libc.limits cimport INT_MAX
 
@@ -118,8 +119,8 @@ cdef int _raise_errno(int err, object filename=None, object filename2=None) exce
 # ---- argument conversion ----
 
 cdef class _Ns:
-    """A namespace argument as an fd: ints and fileno() objects as they are, paths opened
-    (close-on-exec) and closed again by release()."""
+    """An fd argument (a namespace, a cgroup directory): ints and fileno() objects as they
+    are, paths opened (close-on-exec) and closed again by release()."""
     cdef int fd
     cdef object path
 
@@ -141,7 +142,7 @@ cdef bytes _fsencode(object path):
     return raw
 
 
-cdef _Ns _open_ns(object ns):
+cdef _Ns _open_fd(object ns):
     cdef _Ns r = _Ns.__new__(_Ns)
     cdef bytes raw
     if not _is_path(ns):
@@ -192,7 +193,7 @@ def setns(ns, int nstype=0):
     cdef int rc, err, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
-        opened = _open_ns(ns)
+        opened = _open_fd(ns)
         fd = opened.fd
     if nstype == 0 or nstype & _MAY_BLOCK:
         with nogil:
@@ -260,7 +261,7 @@ cdef int _ns_ioctl(object ns, unsigned long request) except -1:
     cdef int rc, err, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
-        opened = _open_ns(ns)
+        opened = _open_fd(ns)
         fd = opened.fd
     rc = lc_ns_ioctl(fd, request)
     err = errno
@@ -309,7 +310,7 @@ def ns_get_owner_uid(ns):
     cdef int rc, err, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
-        opened = _open_ns(ns)
+        opened = _open_fd(ns)
         fd = opened.fd
     rc = lc_ns_get_owner_uid(fd, &uid)
     err = errno
@@ -522,6 +523,261 @@ def clone(func, Py_ssize_t stack_size=0, unsigned long long flags=SIGCHLD):
         return _clone(func, stack_size, (ns_flags | CLONE_NEWTIME) & ~CLONE_DETACHED,
                       exit_signal, &args)
     return _clone(func, stack_size, ns_flags, exit_signal, NULL)
+
+
+MAX_PID_NS_LEVEL = 32  # the kernel's limit on nested pid namespaces, so on set_tid's length
+
+
+def clone3(func, unsigned long long flags=0, *, int exit_signal=SIGCHLD,
+           Py_ssize_t stack_size=0, cgroup=None, set_tid=()):
+    """Create a child process as clone3(2) does and call func() in it; return its pid
+    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone3 adds the id maps."""
+    cdef lc_clone_args args
+    cdef pid_t tids[32]
+    cdef Py_ssize_t i, n = len(set_tid)
+    cdef _Ns group = None
+    if n > MAX_PID_NS_LEVEL:
+        raise ValueError(f"set_tid has at most {MAX_PID_NS_LEVEL} pids, not {n}")
+    memset(&args, 0, sizeof(args))
+    for i in range(n):
+        tids[i] = set_tid[i]
+    if n:
+        args.set_tid = <uint64_t>tids
+        args.set_tid_size = <uint64_t>n
+    if cgroup is not None:
+        group = _open_fd(cgroup)
+        args.cgroup = <uint64_t>group.fd
+        flags |= CLONE_INTO_CGROUP
+    try:
+        return _clone(func, stack_size, flags, exit_signal, &args)
+    except OSError as exc:
+        if group is not None and group.path is not None and exc.filename is None:
+            exc.filename = group.path
+        raise
+    finally:
+        if group is not None:
+            group.release()
+
+
+# ---- spawn: a program in new namespaces, vfork-style ----
+
+cdef extern from *:
+    """
+    #include <signal.h>
+    /* A spawn child shares the parent's memory, so none of the parent's signal handlers may
+       run in it: every caught signal goes back to SIG_DFL, then the parent's mask returns,
+       as in posix_spawn.  glibc's internal signals (32 up to SIGRTMIN) are left alone. */
+    static inline void lc_reset_signals(const sigset_t *mask) {
+        struct sigaction sa;
+        int sig;
+        for (sig = 1; sig < _NSIG; sig++) {
+            if (sig >= 32 && sig < SIGRTMIN)
+                continue;
+            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN
+                    && sa.sa_handler != SIG_DFL) {
+                memset(&sa, 0, sizeof sa);
+                sa.sa_handler = SIG_DFL;
+                sigaction(sig, &sa, NULL);
+            }
+        }
+        sigprocmask(SIG_SETMASK, mask, NULL);
+    }
+    """
+    void lc_reset_signals(const sigset_t *mask) nogil
+
+cdef extern from "<signal.h>" nogil:
+    int sigfillset(sigset_t *s)
+    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
+    const int SIG_SETMASK
+    int kill(pid_t pid, int sig)
+
+cdef extern from "<unistd.h>" nogil:
+    int execve(const char *path, char *const argv[], char *const envp[])
+    int chdir(const char *path)
+    int sethostname(const char *name, size_t length)
+
+
+cdef enum _Stage:
+    STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_CWD, STAGE_EXEC
+
+cdef struct _SpawnRequest:
+    char **argv
+    char **envp
+    char **paths        # the candidate executables, NULL-terminated
+    const char *cwd
+    const char *hostname
+    size_t hostname_len
+    bint loopback
+    bint newtime
+    int go_fd           # >= 0: wait for the parent's byte (it writes the id maps first)
+    sigset_t mask       # the parent's signal mask, restored before exec
+    int err             # set by the child on failure (the memory is shared)
+    int stage
+
+
+cdef class _CStrings:
+    """A NULL-terminated char* array over bytes objects that it keeps alive."""
+    cdef list items
+    cdef char **array
+
+    def __cinit__(self, items):
+        cdef Py_ssize_t i
+        self.items = [_fsencode(item) for item in items]
+        self.array = <char **>PyMem_Malloc((len(self.items) + 1) * sizeof(char *))
+        if self.array == NULL:
+            raise MemoryError()
+        for i in range(len(self.items)):
+            self.array[i] = self.items[i]
+        self.array[len(self.items)] = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.array)
+
+
+cdef int _spawn_fail(_SpawnRequest *req, int stage, int err) noexcept nogil:
+    req.err = err
+    req.stage = stage
+    _exit(127)
+    return -1
+
+
+cdef int _spawn_child(void *arg) noexcept nogil:
+    """The child of spawn(): syscalls only (it shares the parent's memory), then execve."""
+    cdef _SpawnRequest *req = <_SpawnRequest *>arg
+    cdef char go = 0
+    cdef char **path = req.paths
+    cdef int err = 0
+    if req.go_fd >= 0 and read(req.go_fd, &go, 1) != 1:
+        return _spawn_fail(req, STAGE_MAPS, ECHILD)
+    lc_reset_signals(&req.mask)
+    # The new time namespace is the children's one; execve moves the process into it.
+    if req.newtime and sys_unshare(<int>CLONE_NEWTIME) == -1:
+        return _spawn_fail(req, STAGE_TIME, errno)
+    if req.hostname != NULL and sethostname(req.hostname, req.hostname_len) == -1:
+        return _spawn_fail(req, STAGE_HOSTNAME, errno)
+    if req.loopback and lc_configure_loopback() == -1:
+        return _spawn_fail(req, STAGE_LOOPBACK, errno)
+    if req.cwd != NULL and chdir(req.cwd) == -1:
+        return _spawn_fail(req, STAGE_CWD, errno)
+    while path[0] != NULL:
+        execve(path[0], req.argv, req.envp)
+        # As subprocess does: report the first error that is not "no such file here".
+        if err == 0 and errno != ENOENT and errno != ENOTDIR:
+            err = errno
+        path += 1
+    return _spawn_fail(req, STAGE_EXEC, err if err != 0 else errno)
+
+
+SPAWN_STACK_SIZE = 64 * 1024
+
+
+def spawn(argv, unsigned long long flags=0, *, env=None, cwd=None, hostname=None,
+          bint loopback=False, bint pidfd=False, before_start=None):
+    """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
+    without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
+    runs in the parent while the child waits)."""
+    cdef _SpawnRequest req
+    cdef _CStrings c_argv, c_envp, c_paths
+    cdef bytes c_cwd = None, c_hostname = None
+    cdef _Stack stack
+    cdef sigset_t all_signals
+    cdef int go[2]
+    cdef int done[2]
+    cdef int c_flags, pid_fd = -1
+    cdef pid_t pid
+    cdef char byte = b"1"
+    if isinstance(argv, (str, bytes)) or not len(argv):
+        raise ValueError("argv must be a non-empty sequence of arguments")
+    if flags & (_NOT_FOR_PYTHON | CLONE_VFORK | CSIGNAL) & ~CLONE_NEWTIME:
+        raise ValueError("spawn() takes namespace flags only; VM and VFORK are its own")
+    if hostname is not None and not flags & CLONE_NEWUTS:
+        raise ValueError("hostname needs NEWUTS in flags")
+    if loopback and not flags & CLONE_NEWNET:
+        raise ValueError("loopback needs NEWNET in flags")
+    memset(&req, 0, sizeof(req))
+    c_argv = _CStrings(argv)
+    c_envp = _CStrings([k + b"=" + v for k, v in _environ(env)])
+    program = _fsencode(argv[0])
+    dirs = [b""] if b"/" in program else [os.fsencode(d) for d in os.get_exec_path(env)]
+    c_paths = _CStrings([os.path.join(d, program) for d in dirs])
+    req.argv, req.envp, req.paths = c_argv.array, c_envp.array, c_paths.array
+    if cwd is not None:
+        c_cwd = _fsencode(cwd)
+        req.cwd = c_cwd
+    if hostname is not None:
+        c_hostname = _fsencode(hostname)
+        req.hostname, req.hostname_len = c_hostname, len(c_hostname)
+    req.loopback = loopback
+    req.newtime = (flags & CLONE_NEWTIME) != 0
+    req.go_fd = -1
+    stack = _Stack(SPAWN_STACK_SIZE)
+    c_flags = <int>((flags & ~CLONE_NEWTIME) | CLONE_VM | SIGCHLD
+                    | (CLONE_PIDFD if pidfd else 0)
+                    | (0 if before_start is not None else CLONE_VFORK))
+    if before_start is not None:
+        # The child waits on `go` while the parent writes its id maps; `done` reaches EOF
+        # when the child has exec'd or exited (close-on-exec), freeing the shared stack.
+        if pipe2(go, O_CLOEXEC) == -1:
+            _raise_errno(errno)
+        if pipe2(done, O_CLOEXEC) == -1:
+            close(go[0])
+            close(go[1])
+            _raise_errno(errno)
+        req.go_fd = go[0]
+    sigfillset(&all_signals)
+    with nogil:
+        # Blocked until the child has reset its handlers: none of ours may run in it.
+        pthread_sigmask(SIG_SETMASK, &all_signals, &req.mask)
+        pid = sys_clone(_spawn_child, stack.base + stack.length, c_flags, &req, &pid_fd)
+        if pid == -1:
+            req.err = errno
+    try:
+        if before_start is not None:
+            close(go[0])
+            close(done[1])
+            failure = None
+            if pid != -1:
+                try:
+                    before_start(pid)
+                except BaseException as exc:
+                    failure = exc
+                    kill(pid, SIGKILL)
+            with nogil:
+                write(go[1], &byte, 1)
+                close(go[1])
+                while read(done[0], &byte, 1) > 0:
+                    pass
+                close(done[0])
+            if failure is not None:
+                waitpid(pid, NULL, 0)
+                if pid_fd >= 0:
+                    close(pid_fd)
+                raise failure
+    finally:
+        pthread_sigmask(SIG_SETMASK, &req.mask, NULL)
+    if pid == -1:
+        _raise_errno(req.err)
+    if req.err != 0:
+        waitpid(pid, NULL, 0)
+        if pid_fd >= 0:
+            close(pid_fd)
+        _raise_errno(req.err, argv[0] if req.stage == STAGE_EXEC else
+                     cwd if req.stage == STAGE_CWD else None)
+    if pidfd:
+        return (pid, pid_fd)
+    return pid
+
+
+cdef list _environ(env):
+    if env is None:
+        return list(os.environb.items())
+    out = []
+    for key, value in env.items():
+        key, value = os.fsencode(key), os.fsencode(value)
+        if b"=" in key or not key:
+            raise ValueError(f"illegal environment variable name {key!r}")
+        out.append((key, value))
+    return out
 
 
 # ---- clone: the child side ----
