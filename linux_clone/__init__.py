@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 from . import _core
 from ._core import (
     configure_loopback,
+    entered,
     kcmp,
     ns_get_nstype,
     ns_get_owner_uid,
@@ -191,7 +192,7 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
 __all__ = [
     "CloneFlag", "IdMap", "WALL", "NS_OWNER_UID",
-    "clone", "clone3", "spawn", "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid",
+    "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid",
     "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns", "unshare",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),

@@ -2,7 +2,8 @@
 
 import enum
 import os
-from typing import Callable, Iterable, Optional, Tuple, Union
+from types import TracebackType
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
 
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -128,3 +129,18 @@ def pidfd_open(pid: int, flags: int = 0) -> int: ...
 def clone(func: Callable[[], object], stack_size: int = 0, flags: int = ..., *,
           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
           setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]: ...
+def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...,
+           stack_size: int = 0, cgroup: Optional[_Ns] = None, set_tid: Sequence[int] = (),
+           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+           setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]: ...
+def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+          cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
+          gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
+          loopback: bool = False, pidfd: bool = False) -> Union[int, Tuple[int, int]]: ...
+
+class entered:
+    def __init__(self, ns: Optional[_Ns] = None, nstype: int = 0, *,
+                 pid: Optional[int] = None) -> None: ...
+    def __enter__(self) -> "entered": ...
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...

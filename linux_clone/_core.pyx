@@ -323,6 +323,84 @@ def ns_get_owner_uid(ns):
     return uid
 
 
+# The files naming the calling thread's own namespace of each type, as setns() changes it.
+_THREAD_NS = {
+    CLONE_NEWNET: b"/proc/thread-self/ns/net", CLONE_NEWUTS: b"/proc/thread-self/ns/uts",
+    CLONE_NEWIPC: b"/proc/thread-self/ns/ipc", CLONE_NEWNS: b"/proc/thread-self/ns/mnt",
+    CLONE_NEWCGROUP: b"/proc/thread-self/ns/cgroup",
+    CLONE_NEWPID: b"/proc/thread-self/ns/pid_for_children",
+    CLONE_NEWTIME: b"/proc/thread-self/ns/time",
+}
+
+
+cdef class entered:
+    """entered(ns=None, nstype=0, *, pid=None): a context manager that moves the calling
+    thread into a namespace and back on exit, even on exceptions.
+
+    ns: an fd, an object with fileno(), or a path of a namespace file.
+    nstype: the CloneFlag NEW* type `ns` must have (0: any); with pid=, the types to enter.
+    pid: enter these namespaces of process `pid` (through a pidfd) instead of `ns`.
+    Only the calling thread moves; other threads keep theirs.  A user namespace cannot be
+    left again and is refused; a pid namespace affects only children created inside the
+    block; a mount namespace needs a thread that does not share its fs (no other threads).
+    """
+    cdef object ns, pid
+    cdef int nstype
+    cdef _Ns target
+    cdef list saved
+
+    def __init__(self, ns=None, int nstype=0, *, pid=None):
+        if (ns is None) == (pid is None):
+            raise TypeError("entered() takes a namespace or pid=, exactly one of them")
+        if pid is not None and nstype == 0:
+            raise ValueError("entered(pid=...) needs nstype: the namespace types to enter")
+        if nstype & CLONE_NEWUSER:
+            raise ValueError("a user namespace cannot be left again; use clone() or spawn()")
+        self.ns, self.nstype, self.pid = ns, nstype, pid
+
+    def __enter__(self):
+        cdef int fd, types = self.nstype
+        if self.saved is not None:
+            raise RuntimeError("this entered() is already active; make one per use")
+        if self.pid is not None:
+            self.target = _Ns.__new__(_Ns)
+            self.target.path = self.pid
+            self.target.fd = pidfd_open(self.pid)
+        else:
+            self.target = _open_fd(self.ns)
+        self.saved = []
+        try:
+            if types == 0:
+                types = _ns_ioctl(self.target.fd, NS_GET_NSTYPE)
+                if types == CLONE_NEWUSER:
+                    raise ValueError("a user namespace cannot be left again; "
+                                     "use clone() or spawn()")
+            for kind, path in _THREAD_NS.items():
+                if types & kind:
+                    fd = c_open(path, O_RDONLY | O_CLOEXEC)
+                    if fd == -1:
+                        _raise_errno(errno, path.decode())
+                    self.saved.append((fd, kind))
+            setns(self.target.fd, self.nstype)
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            for fd, kind in reversed(self.saved):
+                setns(fd, kind)
+        finally:
+            self._close()
+
+    cdef _close(self):
+        for fd, kind in self.saved or ():
+            close(fd)
+        self.saved = None
+        self.target.release()
+
+
 def pidfd_open(pid_t pid, unsigned int flags=0):
     """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2)."""
     cdef int fd = sys_pidfd_open(pid, flags)
