@@ -49,17 +49,41 @@ cdef extern from "<ucontext.h>" nogil:
     void makecontext(ucontext_t *ucp, void (*func)() noexcept nogil, int argc, ...)
 
 cdef extern from *:
-    # glibc >= 2.32 keeps this false once a second thread has ever existed.
     """
+    #include <fcntl.h>
     #include <stdio.h>
+    #include <string.h>
+    #include <unistd.h>
     #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
     #include <sys/single_threaded.h>
-    #define LC_NEVER_THREADED() (__libc_single_threaded != 0)
-    #else
-    #define LC_NEVER_THREADED() 0
     #endif
+
+    /* True when no other thread can hold a libc lock: glibc >= 2.32 keeps
+       __libc_single_threaded false once a second thread has ever existed, so a process that
+       had threads reads its current count (field 20 of /proc/self/stat). */
+    static int lc_single_threaded(void) {
+        char buf[1024], *p;
+        ssize_t n;
+        int fd, field;
+    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+        if (__libc_single_threaded)
+            return 1;
+    #endif
+        fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return 0;
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            return 0;
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        for (field = 2; p != NULL && field < 20; field++)
+            p = strchr(p + 1, ' ');
+        return p != NULL && p[1] == '1' && p[2] == ' ';
+    }
     """
-    bint LC_NEVER_THREADED() nogil
+    bint lc_single_threaded() nogil
 
 
 # ---- constants, as the headers define them (the Python layer builds the enums) ----
@@ -444,18 +468,6 @@ cdef class _Stack:
             munmap(self.base, self.length)
 
 
-cdef bint _single_threaded():
-    # The cheap answer first; a process that once had threads reads its current count.
-    if LC_NEVER_THREADED():
-        return True
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:].split()[17] == b"1"
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *args,
                       int *pidfd) noexcept nogil:
     """The clone syscall, fork-like: the child returns 0 on a copy of the caller's stack."""
@@ -563,12 +575,13 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
             stream.flush()
         except Exception:
             pass
-    direct = (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD
-                or _single_threaded())
+    PyOS_BeforeFork()
+    # Set only now: PyOS_BeforeFork may wait for the import lock and let other threads run.
     _child_func = func
     _child_stack = stack.base + _page_size if stack is not None else NULL
     _child_stack_size = stack.length - _page_size if stack is not None else 0
-    PyOS_BeforeFork()
+    direct = (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD
+              or lc_single_threaded())
     if direct:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
