@@ -3,14 +3,14 @@
 import enum
 import os
 from types import TracebackType
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, Tuple, Type, Union
 
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
 IdMap = Union[str, Iterable[Tuple[int, int, int]]]
 
-class _HasFileno:
+class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 class CloneFlag(enum.IntFlag):

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import (NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, clone,
                configure_loopback)
@@ -63,11 +63,11 @@ def mount(source: str, target: str, fstype: Optional[str], flags: int) -> None:
         raise OSError(err, os.strerror(err), target)
 
 
-def child(args: argparse.Namespace, saved_handlers: dict) -> int:
+def child(args: argparse.Namespace, saved_handlers: Dict[signal.Signals, Any]) -> int:
     """Set up the new namespaces from inside, then become COMMAND."""
     for signum, handler in saved_handlers.items():
         signal.signal(signum, handler)
-    steps = []
+    steps: List[Tuple[str, Callable[[], object]]] = []
     if args.mount:
         # As unshare(1) does: where / is shared (systemd makes it so), mounts made in the new
         # namespace would otherwise propagate back to the one we came from.
@@ -88,7 +88,7 @@ def child(args: argparse.Namespace, saved_handlers: dict) -> int:
     try:
         os.execvp(args.command[0], args.command)
     except OSError as exc:
-        print(f"linux_clone: {args.command[0]}: {os.strerror(exc.errno)}", file=sys.stderr)
+        print(f"linux_clone: {args.command[0]}: {exc.strerror}", file=sys.stderr)
         # As the shells and util-linux do: 127 when there is no such program, 126 otherwise.
         return 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
 

@@ -18,6 +18,7 @@ from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
+from cpython.number cimport PyNumber_Index
 from libc.limits cimport INT_MAX
 
 cdef extern from "Python.h":
@@ -155,6 +156,14 @@ cdef class _Ns:
         return 0
 
 
+cdef inline object _index(object obj):
+    """An int argument as CPython's own functions take it: through __index__, so a float is a
+    TypeError rather than a truncated number.  C conversion then gives the OverflowError."""
+    if PyLong_CheckExact(obj):
+        return obj
+    return PyNumber_Index(obj)
+
+
 cdef inline bint _is_path(object obj):
     return isinstance(obj, (str, bytes)) or hasattr(type(obj), "__fspath__")
 
@@ -193,37 +202,39 @@ cdef inline int _fd_of(object ns) noexcept:
 
 # ---- the wrappers: convert, call, check ----
 
-def unshare(unsigned int flags):
+def unshare(flags):
     """Move the calling thread into new namespaces (and unshare state), as unshare(2).
 
     flags: CloneFlag bits (NEWNET, NEWUTS, NEWNS, ...).
     """
+    cdef unsigned int c_flags = _index(flags)
     cdef int rc
-    if flags & _MAY_BLOCK:
+    if c_flags & _MAY_BLOCK:
         with nogil:
-            rc = sys_unshare(<int>flags)
+            rc = sys_unshare(<int>c_flags)
     else:
-        rc = sys_unshare(<int>flags)
+        rc = sys_unshare(<int>c_flags)
     if rc == -1:
         _raise_errno(errno)
 
 
-def setns(ns, int nstype=0):
+def setns(ns, nstype=0):
     """Move the calling thread into the namespace `ns`, as setns(2).
 
     ns: an fd, an object with fileno(), or the path of a namespace file (or a pidfd).
     nstype: 0 for any type, else the CloneFlag NEW* bit(s) the namespace must have.
     """
+    cdef int c_nstype = _index(nstype)
     cdef int rc, err, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
         opened = _open_fd(ns)
         fd = opened.fd
-    if nstype == 0 or nstype & _MAY_BLOCK:
+    if c_nstype == 0 or c_nstype & _MAY_BLOCK:
         with nogil:
-            rc = sys_setns(fd, nstype)
+            rc = sys_setns(fd, c_nstype)
     else:
-        rc = sys_setns(fd, nstype)
+        rc = sys_setns(fd, c_nstype)
     err = errno
     if opened is not None:
         opened.release()
@@ -249,26 +260,28 @@ def pivot_root(new_root, old_root):
         _raise_errno(errno, new_root, old_root)
 
 
-def kcmp(pid_t pid1, pid_t pid2, int type, unsigned long idx1=0, idx2=0):
+def kcmp(pid1, pid2, type, idx1=0, idx2=0):
     """Compare kernel resources of two processes, as kcmp(2): 0 equal, 1 less, 2 greater,
     3 not equal (ordering unavailable).
 
     pid1, pid2: process ids.  type: a KCMP_* constant.
     idx1, idx2: fds for KCMP_FILE; for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset).
     """
+    cdef pid_t c_pid1 = _index(pid1), c_pid2 = _index(pid2)
+    cdef int c_type = _index(type)
+    cdef unsigned long c_idx1 = _index(idx1), c_idx2
     cdef kcmp_epoll_slot slot
-    cdef unsigned long c_idx2
     cdef int rc
-    if type == KCMP_EPOLL_TFD:
+    if c_type == KCMP_EPOLL_TFD:
         if not isinstance(idx2, tuple) or len(idx2) != 3:
             raise TypeError("KCMP_EPOLL_TFD takes idx2 as a tuple (epoll_fd, target_fd, offset)")
-        slot.efd, slot.tfd, slot.toff = idx2
+        slot.efd, slot.tfd, slot.toff = [_index(value) for value in idx2]
         c_idx2 = <unsigned long>&slot
     elif isinstance(idx2, tuple):
         raise TypeError("idx2 is a tuple only with KCMP_EPOLL_TFD")
     else:
-        c_idx2 = idx2
-    rc = sys_kcmp(pid1, pid2, type, idx1, c_idx2)
+        c_idx2 = _index(idx2)
+    rc = sys_kcmp(c_pid1, c_pid2, c_type, c_idx1, c_idx2)
     if rc == -1:
         _raise_errno(errno)
     return rc
@@ -373,9 +386,10 @@ cdef class entered:
     cdef _Ns target
     cdef list saved
 
-    def __init__(self, ns=None, int nstype=0, *, pid=None):
+    def __init__(self, ns=None, nstype=0, *, pid=None):
         if (ns is None) == (pid is None):
             raise TypeError("entered() takes a namespace or pid=, exactly one of them")
+        nstype = _index(nstype)
         if pid is not None and nstype == 0:
             raise ValueError("entered(pid=...) needs nstype: the namespace types to enter")
         if nstype & CLONE_NEWUSER:
@@ -425,9 +439,12 @@ cdef class entered:
         self.target.release()
 
 
-def pidfd_open(pid_t pid, unsigned int flags=0):
-    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2)."""
-    cdef int fd = sys_pidfd_open(pid, flags)
+def pidfd_open(pid, flags=0):
+    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2).
+
+    pid: a process id.  flags: 0 or os.O_NONBLOCK.
+    """
+    cdef int fd = sys_pidfd_open(_index(pid), _index(flags))
     if fd == -1:
         _raise_errno(errno)
     return fd
@@ -602,27 +619,29 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     return pid
 
 
-def clone(func, Py_ssize_t stack_size=0, unsigned long long flags=SIGCHLD):
+def clone(func, stack_size=0, flags=SIGCHLD):
     """Create a child process as clone(2) does and call func() in it; return its pid
     ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone adds the id maps."""
-    cdef unsigned long long ns_flags = flags & ~CSIGNAL
-    cdef int exit_signal = <int>(flags & CSIGNAL & ~CLONE_NEWTIME)
+    cdef unsigned long long c_flags = _index(flags)
+    cdef unsigned long long ns_flags = c_flags & ~CSIGNAL
+    cdef int exit_signal = <int>(c_flags & CSIGNAL & ~CLONE_NEWTIME)
     cdef lc_clone_args args
-    if flags & CLONE_NEWTIME:
+    if c_flags & CLONE_NEWTIME:
         # Legacy clone(2) reads bit 0x80 as part of the exit signal; only clone3 can say it.
         memset(&args, 0, sizeof(args))
-        return _clone(func, stack_size, (ns_flags | CLONE_NEWTIME) & ~CLONE_DETACHED,
+        return _clone(func, _index(stack_size), (ns_flags | CLONE_NEWTIME) & ~CLONE_DETACHED,
                       exit_signal, &args)
-    return _clone(func, stack_size, ns_flags, exit_signal, NULL)
+    return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL)
 
 
 MAX_PID_NS_LEVEL = 32  # the kernel's limit on nested pid namespaces, so on set_tid's length
 
 
-def clone3(func, unsigned long long flags=0, *, int exit_signal=SIGCHLD,
-           Py_ssize_t stack_size=0, cgroup=None, set_tid=()):
+def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set_tid=()):
     """Create a child process as clone3(2) does and call func() in it; return its pid
     ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone3 adds the id maps."""
+    cdef unsigned long long c_flags = _index(flags)
+    cdef int c_exit_signal = _index(exit_signal)
     cdef lc_clone_args args
     cdef pid_t tids[32]
     cdef Py_ssize_t i, n = len(set_tid)
@@ -631,16 +650,16 @@ def clone3(func, unsigned long long flags=0, *, int exit_signal=SIGCHLD,
         raise ValueError(f"set_tid has at most {MAX_PID_NS_LEVEL} pids, not {n}")
     memset(&args, 0, sizeof(args))
     for i in range(n):
-        tids[i] = set_tid[i]
+        tids[i] = _index(set_tid[i])
     if n:
         args.set_tid = <uint64_t>tids
         args.set_tid_size = <uint64_t>n
     if cgroup is not None:
         group = _open_fd(cgroup)
         args.cgroup = <uint64_t>group.fd
-        flags |= CLONE_INTO_CGROUP
+        c_flags |= CLONE_INTO_CGROUP
     try:
-        return _clone(func, stack_size, flags, exit_signal, &args)
+        return _clone(func, _index(stack_size), c_flags, c_exit_signal, &args)
     except OSError as exc:
         if group is not None and group.path is not None and exc.filename is None:
             exc.filename = group.path
@@ -762,11 +781,12 @@ cdef int _spawn_child(void *arg) noexcept nogil:
 SPAWN_STACK_SIZE = 64 * 1024
 
 
-def spawn(argv, unsigned long long flags=0, *, env=None, cwd=None, hostname=None,
+def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
           bint loopback=False, bint pidfd=False, before_start=None):
     """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
     without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
     runs in the parent while the child waits)."""
+    cdef unsigned long long ns_flags = _index(flags)
     cdef _SpawnRequest req
     cdef _CStrings c_argv, c_envp, c_paths
     cdef bytes c_cwd = None, c_hostname = None
@@ -779,11 +799,11 @@ def spawn(argv, unsigned long long flags=0, *, env=None, cwd=None, hostname=None
     cdef char byte = b"1"
     if isinstance(argv, (str, bytes)) or not len(argv):
         raise ValueError("argv must be a non-empty sequence of arguments")
-    if flags & (_NOT_FOR_PYTHON | CLONE_VFORK | CSIGNAL) & ~CLONE_NEWTIME:
+    if ns_flags & (_NOT_FOR_PYTHON | CLONE_VFORK | CSIGNAL) & ~CLONE_NEWTIME:
         raise ValueError("spawn() takes namespace flags only; VM and VFORK are its own")
-    if hostname is not None and not flags & CLONE_NEWUTS:
+    if hostname is not None and not ns_flags & CLONE_NEWUTS:
         raise ValueError("hostname needs NEWUTS in flags")
-    if loopback and not flags & CLONE_NEWNET:
+    if loopback and not ns_flags & CLONE_NEWNET:
         raise ValueError("loopback needs NEWNET in flags")
     memset(&req, 0, sizeof(req))
     c_argv = _CStrings(argv)
@@ -799,10 +819,10 @@ def spawn(argv, unsigned long long flags=0, *, env=None, cwd=None, hostname=None
         c_hostname = _fsencode(hostname)
         req.hostname, req.hostname_len = c_hostname, len(c_hostname)
     req.loopback = loopback
-    req.newtime = (flags & CLONE_NEWTIME) != 0
+    req.newtime = (ns_flags & CLONE_NEWTIME) != 0
     req.go_fd = -1
     stack = _Stack(SPAWN_STACK_SIZE)
-    c_flags = <int>((flags & ~CLONE_NEWTIME) | CLONE_VM | SIGCHLD
+    c_flags = <int>((ns_flags & ~CLONE_NEWTIME) | CLONE_VM | SIGCHLD
                     | (CLONE_PIDFD if pidfd else 0)
                     | (0 if before_start is not None else CLONE_VFORK))
     if before_start is not None:

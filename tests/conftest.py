@@ -9,7 +9,7 @@ import pickle
 import subprocess
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import pytest
 
@@ -103,6 +103,6 @@ def drop_privileges(uid: int = 65534, gid: int = 65534) -> None:
     os.setuid(uid)
 
 
-def ns_inode(kind: str, pid: str = "self") -> int:
+def ns_inode(kind: str, pid: Union[int, str] = "self") -> int:
     """The inode of /proc/<pid>/ns/<kind>: equal inodes, same namespace."""
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
