@@ -192,8 +192,9 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
 __all__ = [
     "CloneFlag", "IdMap", "WALL", "NS_OWNER_UID",
-    "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid",
-    "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns", "unshare",
+    "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype",
+    "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
+    "unshare",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,

@@ -5,10 +5,29 @@ import os
 from types import TracebackType
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, Tuple, Type, Union
 
+from typing_extensions import disjoint_base
+
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
 IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+
+__all__ = [
+    "CloneFlag", "IdMap", "WALL", "NS_OWNER_UID", "clone", "clone3", "spawn", "entered",
+    "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid", "ns_get_parent",
+    "ns_get_userns", "pidfd_open", "pivot_root", "setns", "unshare", "FILES", "FS", "NEWNS",
+    "VM", "THREAD", "SIGHAND", "SYSVSEM", "NEWUSER", "NEWPID", "NEWUTS", "NEWIPC", "NEWNET",
+    "NEWCGROUP", "NEWTIME", "PTRACE", "VFORK", "SETTLS", "PARENT_SETTID", "CHILD_SETTID",
+    "CHILD_CLEARTID", "PIDFD", "DETACHED", "UNTRACED", "IO", "PARENT", "CLEAR_SIGHAND",
+    "INTO_CGROUP", "CSIGNAL", "CLONE_FILES", "CLONE_FS", "CLONE_NEWNS", "CLONE_VM",
+    "CLONE_THREAD", "CLONE_SIGHAND", "CLONE_SYSVSEM", "CLONE_NEWUSER", "CLONE_NEWPID",
+    "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWNET", "CLONE_NEWCGROUP", "CLONE_NEWTIME",
+    "CLONE_PTRACE", "CLONE_VFORK", "CLONE_SETTLS", "CLONE_PARENT_SETTID", "CLONE_CHILD_SETTID",
+    "CLONE_CHILD_CLEARTID", "CLONE_PIDFD", "CLONE_DETACHED", "CLONE_UNTRACED", "CLONE_IO",
+    "CLONE_PARENT", "CLONE_CLEAR_SIGHAND", "CLONE_INTO_CGROUP", "CLONE_CSIGNAL", "KCMP_FILE",
+    "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND", "KCMP_IO", "KCMP_SYSVSEM",
+    "KCMP_EPOLL_TFD", "NS_GET_USERNS", "NS_GET_PARENT", "NS_GET_NSTYPE", "NS_GET_OWNER_UID",
+]
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
@@ -138,6 +157,7 @@ def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, s
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
           loopback: bool = False, pidfd: bool = False) -> Union[int, Tuple[int, int]]: ...
 
+@disjoint_base
 class entered:
     def __init__(self, ns: Optional[_Ns] = None, nstype: int = 0, *,
                  pid: Optional[int] = None) -> None: ...

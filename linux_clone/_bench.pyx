@@ -82,11 +82,11 @@ cdef object _elapsed(int err, long long ns):
 
 def getpid_raw(long n):
     """n getpid() through syscall(SYS_getpid), the floor of any syscall here: elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             syscall(SYS_getpid)
         end = _now()
     return end - start
@@ -96,12 +96,12 @@ def getpid_raw(long n):
 
 def setns_raw(int fd_a, int fd_b, int nstype, long n):
     """n setns round trips through syscall(SYS_setns): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if syscall(SYS_setns, fd_b, nstype) == -1 or syscall(SYS_setns, fd_a, nstype) == -1:
                 err = errno
                 break
@@ -111,12 +111,12 @@ def setns_raw(int fd_a, int fd_b, int nstype, long n):
 
 def setns_cimport(int fd_a, int fd_b, int nstype, long n):
     """n setns round trips through the cimport API (sys_setns): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if sys_setns(fd_b, nstype) == -1 or sys_setns(fd_a, nstype) == -1:
                 err = errno
                 break
@@ -128,12 +128,12 @@ def entered_c(int fd_target, int nstype, bytes own_path, long n):
     """n times what entered() does, in C: open the thread's own namespace file, setns into
     fd_target, setns back, close: elapsed ns."""
     cdef const char *path = own_path
-    cdef long i
+    cdef long _i
     cdef int fd, err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             fd = c_open(path, O_RDONLY | O_CLOEXEC)
             if fd == -1:
                 err = errno
@@ -151,12 +151,12 @@ def entered_c(int fd_target, int nstype, bytes own_path, long n):
 
 def unshare_raw(int flags, long n):
     """n unshare(flags) through syscall(SYS_unshare): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if syscall(SYS_unshare, flags) == -1:
                 err = errno
                 break
@@ -166,12 +166,12 @@ def unshare_raw(int flags, long n):
 
 def unshare_cimport(int flags, long n):
     """n unshare(flags) through the cimport API (sys_unshare): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if sys_unshare(flags) == -1:
                 err = errno
                 break
@@ -183,12 +183,12 @@ def unshare_cimport(int flags, long n):
 
 def kcmp_raw(pid_t pid1, pid_t pid2, int type, long n):
     """n kcmp(pid1, pid2, type, 0, 0) through syscall(SYS_kcmp): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if syscall(SYS_kcmp, pid1, pid2, type, 0, 0) == -1:
                 err = errno
                 break
@@ -198,12 +198,12 @@ def kcmp_raw(pid_t pid1, pid_t pid2, int type, long n):
 
 def kcmp_cimport(pid_t pid1, pid_t pid2, int type, long n):
     """n kcmp(pid1, pid2, type, 0, 0) through the cimport API (sys_kcmp): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if sys_kcmp(pid1, pid2, type, 0, 0) == -1:
                 err = errno
                 break
@@ -215,12 +215,12 @@ def kcmp_cimport(pid_t pid1, pid_t pid2, int type, long n):
 
 def ns_ioctl_raw(int fd, unsigned long request, long n):
     """n ioctl(fd, request) through syscall(SYS_ioctl): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if syscall(SYS_ioctl, fd, request) == -1:
                 err = errno
                 break
@@ -230,12 +230,12 @@ def ns_ioctl_raw(int fd, unsigned long request, long n):
 
 def ns_ioctl_cimport(int fd, unsigned long request, long n):
     """n ioctl(fd, request) through the cimport API (lc_ns_ioctl): elapsed ns."""
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if lc_ns_ioctl(fd, request) == -1:
                 err = errno
                 break
@@ -246,12 +246,12 @@ def ns_ioctl_cimport(int fd, unsigned long request, long n):
 def owner_uid_raw(int fd, long n):
     """n ioctl(fd, NS_GET_OWNER_UID, &uid) through syscall(SYS_ioctl): elapsed ns."""
     cdef uid_t uid
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if syscall(SYS_ioctl, fd, NS_GET_OWNER_UID, &uid) == -1:
                 err = errno
                 break
@@ -262,12 +262,12 @@ def owner_uid_raw(int fd, long n):
 def owner_uid_cimport(int fd, long n):
     """n NS_GET_OWNER_UID through the cimport API (lc_ns_get_owner_uid): elapsed ns."""
     cdef uid_t uid
-    cdef long i
+    cdef long _i
     cdef int err = 0
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             if lc_ns_get_owner_uid(fd, &uid) == -1:
                 err = errno
                 break
@@ -281,11 +281,11 @@ def loopback_fresh(bint helper, long n):
     """n times: unshare(CLONE_NEWNET) (not timed), then bring up lo with the bare syscalls
     (or lc_configure_loopback with `helper`), timed alone: the summed ns.  Each timed call
     brackets one call with two clock reads, as a Python caller has to."""
-    cdef long i
+    cdef long _i
     cdef int rc, err = 0
     cdef long long total = 0, start
     with nogil:
-        for i in range(n):
+        for _i in range(n):
             if sys_unshare(<int>CLONE_NEWNET) == -1:
                 err = errno
                 break
@@ -300,10 +300,10 @@ def loopback_fresh(bint helper, long n):
 
 def clock_pair(long n):
     """n empty clock-read pairs, as loopback_fresh brackets each call: the summed ns."""
-    cdef long i
+    cdef long _i
     cdef long long total = 0, start
     with nogil:
-        for i in range(n):
+        for _i in range(n):
             start = _now()
             total += _now() - start
     return total
@@ -315,13 +315,13 @@ def clone_reap(unsigned long flags, long n):
     """n times: a fork-like clone(flags | SIGCHLD) whose child _exits at once, reaped with
     waitpid: elapsed ns.  The child makes no call but _exit, so no lock of the parent's
     matters."""
-    cdef long i
+    cdef long _i
     cdef int status, err = 0
     cdef pid_t pid
     cdef long long start, end
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             pid = sys_clone_fork(flags | SIGCHLD, NULL)
             if pid == 0:
                 _exit(0)
@@ -357,7 +357,7 @@ def spawn_reap(unsigned long flags, bytes path, long n):
     cdef char *envp[1]
     cdef _Exec request
     cdef sigset_t all_signals, saved
-    cdef long i
+    cdef long _i
     cdef int status, err = 0
     cdef pid_t pid
     cdef long long start, end
@@ -370,7 +370,7 @@ def spawn_reap(unsigned long flags, bytes path, long n):
     sigfillset(&all_signals)
     with nogil:
         start = _now()
-        for i in range(n):
+        for _i in range(n):
             pthread_sigmask(SIG_SETMASK, &all_signals, &saved)
             pid = sys_clone(_exec_child, stack + stack_size,
                             <int>(CLONE_VM | CLONE_VFORK | flags | SIGCHLD), &request)

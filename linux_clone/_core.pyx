@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3, freethreading_compatible=True, auto_pickle=False
 """The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, and the
 child entry of clone()/clone3()."""
 
@@ -433,7 +433,7 @@ cdef class entered:
             self._close()
 
     cdef _close(self):
-        for fd, kind in self.saved or ():
+        for fd, _kind in self.saved or ():
             close(fd)
         self.saved = None
         self.target.release()

@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -366,7 +367,8 @@ def measure_owner_uid(settings: Settings) -> Measured:
              LC: _loop1(linux_clone.ns_get_owner_uid, fd),
              "fcntl": _loop1(fcntl_owner, fd), "ctypes": _loop1(ctypes_owner, fd)}
     what = {RAW: "syscall(SYS_ioctl, fd, NS_GET_OWNER_UID, &uid), nogil loop",
-            CIMPORT: "lc_ns_get_owner_uid (cimport), nogil", LC: "linux_clone.ns_get_owner_uid(fd)",
+            CIMPORT: "lc_ns_get_owner_uid (cimport), nogil",
+            LC: "linux_clone.ns_get_owner_uid(fd)",
             "fcntl": "fcntl.ioctl(fd, NS_GET_OWNER_UID, bytes(4)) + int.from_bytes",
             "ctypes": "libc.ioctl(fd, NS_GET_OWNER_UID, byref(c_uint)) via ctypes"}
     skipped = {"os": "os has no nsfs ioctls"}
@@ -646,10 +648,10 @@ def in_worker(func: Callable[[], Any]) -> Any:
     ok, value = pickle.loads(data)
     if ok:
         return value
-    exc, text = value
-    if not isinstance(exc, Skip):
+    error, text = value
+    if not isinstance(error, Skip):
         print(text, file=sys.stderr, end="")
-    raise exc
+    raise error
 
 
 def privilege_problem() -> Optional[str]:
@@ -761,8 +763,9 @@ def table(report: Dict[str, Any]) -> str:
         f"- method: cells are the median time per {'/'.join(sorted({r['unit'] for r in rows}))}"
         f" over {report['settings']['repetitions']} interleaved repetitions"
         f" ({report['settings']['proc_repetitions']} single calls for the rows that create"
-        " processes or namespaces) and, in parentheses, the median of each repetition's ratio to the raw C"
-        " loop (syscall(2) in a nogil Cython loop) of the same row, same process, same run",
+        " processes or namespaces) and, in parentheses, the median of each repetition's"
+        " ratio to the raw C loop (syscall(2) in a nogil Cython loop) of the same row, same"
+        " process, same run",
         "",
         "| operation | " + " | ".join(columns) + " | target | met |",
         "|---" * (len(columns) + 3) + "|",
@@ -855,7 +858,7 @@ def run(settings: Settings, quick: bool) -> Tuple[Dict[str, Any], bool]:
             start = time.monotonic()
             progress(f"{label} ...")
             try:
-                measured = in_worker(lambda: row.measure(settings))
+                measured = in_worker(partial(row.measure, settings))
             except Skip as exc:
                 entry["skipped_row"] = str(exc)
                 progress(f"{label}: skipped, {exc}")
