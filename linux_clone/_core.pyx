@@ -17,7 +17,7 @@ from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLong, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from libc.limits cimport INT_MAX
 
@@ -31,6 +31,7 @@ cdef extern from "Python.h":
 
 cdef extern from "<unistd.h>" nogil:
     int pipe2(int fds[2], int flags)
+    int __builtin_ctz(unsigned int x)
 
 cdef extern from "<signal.h>" nogil:
     const int SIGCHLD
@@ -116,23 +117,29 @@ WAIT_ALL = WALL
 cdef unsigned long long _NOT_FOR_PYTHON = (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_SETTLS
                                            | CLONE_PARENT_SETTID | CLONE_CHILD_SETTID
                                            | CLONE_CHILD_CLEARTID)
-# Namespaces whose creation or entry can sleep on kernel-wide locks (namespace_sem, rtnl,
-# pernet_ops_rwsem, cred commits): the GIL is released for them.  The rest finish in well
-# under a microsecond, where releasing the GIL would cost more than the call.
-cdef unsigned long long _MAY_BLOCK = CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID
+# The GIL is released around calls that can sleep on kernel-wide locks: creating a mount,
+# user, net or pid namespace (namespace_sem, cred commits, pernet_ops_rwsem), entering a mount
+# or user namespace (namespace_sem, cred commits), and setns of an unknown type (nstype 0).
+# The rest finish in well under a microsecond, where releasing the GIL costs ~8% of the call.
+cdef unsigned long long _MAY_BLOCK_CREATE = (CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWNET
+                                             | CLONE_NEWPID)
+cdef unsigned long long _MAY_BLOCK_ENTER = CLONE_NEWNS | CLONE_NEWUSER
 # Sharing flags tie the child to the process that calls clone, so the fork-safe path (which
 # clones from a forked helper) cannot give them their meaning.
 cdef unsigned long long _SHARES_WITH_CALLER = (CLONE_FILES | CLONE_FS | CLONE_SYSVSEM | CLONE_IO
                                                | CLONE_PARENT)
 
-cdef dict _nstype_members = {}
+# The CloneFlag member of each single-bit value, by bit number: ns_get_nstype's answer
+# without an enum lookup or an int allocation.
+cdef list _member_by_bit = [None] * 64
 
 
 def _register_nstypes(flag_type):
-    """Let ns_get_nstype() return members of `flag_type` (CloneFlag) without an enum lookup."""
-    _nstype_members.clear()
+    """Let ns_get_nstype() return members of `flag_type` (CloneFlag)."""
     for member in flag_type.__members__.values():
-        _nstype_members.setdefault(int(member), member)
+        value = int(member)
+        if value > 0 and value & (value - 1) == 0:
+            _member_by_bit[value.bit_length() - 1] = member
 
 
 # ---- the one errno path ----
@@ -159,7 +166,7 @@ cdef class _Ns:
 cdef inline object _index(object obj):
     """An int argument as CPython's own functions take it: through __index__, so a float is a
     TypeError rather than a truncated number.  C conversion then gives the OverflowError."""
-    if PyLong_CheckExact(obj):
+    if PyLong_Check(obj):  # int, bool, IntFlag: converted directly
         return obj
     return PyNumber_Index(obj)
 
@@ -209,7 +216,7 @@ def unshare(flags):
     """
     cdef unsigned int c_flags = _index(flags)
     cdef int rc
-    if c_flags & _MAY_BLOCK:
+    if c_flags & _MAY_BLOCK_CREATE:
         with nogil:
             rc = sys_unshare(<int>c_flags)
     else:
@@ -230,7 +237,7 @@ def setns(ns, nstype=0):
     if fd < 0:
         opened = _open_fd(ns)
         fd = opened.fd
-    if c_nstype == 0 or c_nstype & _MAY_BLOCK:
+    if c_nstype == 0 or c_nstype & _MAY_BLOCK_ENTER:
         with nogil:
             rc = sys_setns(fd, c_nstype)
     else:
@@ -334,7 +341,10 @@ def ns_get_nstype(ns):
     ns: an fd, an object with fileno(), or a path of a namespace file.
     """
     cdef int value = _ns_ioctl(ns, NS_GET_NSTYPE)
-    return _nstype_members.get(value, value)
+    cdef object member = None
+    if value > 0 and value & (value - 1) == 0:
+        member = _member_by_bit[__builtin_ctz(value)]
+    return value if member is None else member
 
 
 def ns_get_owner_uid(ns):

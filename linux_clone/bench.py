@@ -826,7 +826,7 @@ def plot(report: Dict[str, Any], path: str) -> None:
     ax.set_xlabel("time per call, × the raw C loop (log scale; lower is better)")
     m = report["machine"]
     ax.set_title(f"linux_clone.bench — Linux {m['kernel']}, {m['cpu']}, {m['python']}")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

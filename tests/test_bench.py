@@ -1,0 +1,151 @@
+"""The benchmark: `python -m linux_clone.bench --quick --json` runs and reports every row, and
+the raw C loops of linux_clone._bench return plausible times.  Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict
+
+import pytest
+
+import linux_clone
+from conftest import in_child, python_env
+
+_bench = pytest.importorskip("linux_clone._bench")
+from linux_clone import bench  # noqa: E402  (after the skip: it imports _bench)
+
+
+def _run_quick(*args: str) -> subprocess.CompletedProcess:
+    # From / so that a source checkout in the working directory cannot shadow the package.
+    return subprocess.run([sys.executable, "-m", "linux_clone.bench", "--quick", *args],
+                          capture_output=True, text=True, timeout=120, cwd="/",
+                          env=python_env())
+
+
+@pytest.fixture(scope="module")
+def quick_report() -> Dict[str, Any]:
+    result = _run_quick("--json")
+    assert result.returncode == 0, result.stderr
+    assert f"[{len(bench.ROWS)}/{len(bench.ROWS)}]" in result.stderr  # progress: stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]) -> None:
+    rows = {row["id"]: row for row in quick_report["rows"]}
+    assert list(rows) == [row.key for row in bench.ROWS]
+    for key, row in rows.items():
+        assert "skipped_row" not in row and "error" not in row, row
+        results = row["results"]
+        assert "raw C" in results and ("linux_clone" in results or key == "getpid"), key
+        for name, result in results.items():
+            assert result["ns"] > 0 and result["ratio"] > 0, (key, name, result)
+            assert all(sample > 0 for sample in result["samples"]), (key, name)
+        for target in row["targets"]:
+            assert target["value"] is not None and target["value"] > 0, (key, target)
+            assert isinstance(target["met"], bool)
+    assert "cimport" in rows["setns"]["results"]
+    assert "os" in rows["clone"]["results"]
+    machine = quick_report["machine"]
+    assert machine["kernel"] == os.uname().release
+    assert machine["python"].endswith(sys.version.split()[0])
+
+
+def test_quick_table_and_cleanup(privileged: None) -> None:
+    netns_before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    with open("/proc/self/mounts") as f:
+        mounts_before = f.read()
+    result = _run_quick()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = [line for line in lines if line.startswith("| operation |")]
+    assert header and header[0].startswith("| operation | raw C | cimport | linux_clone |")
+    assert header[0].endswith("| target | met |")
+    assert sum(line.startswith("| ") for line in lines) == 1 + len(bench.ROWS)
+    assert f"Linux {os.uname().release}" in result.stdout
+    after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    assert after == netns_before
+    with open("/proc/self/mounts") as f:
+        assert f.read() == mounts_before
+
+
+def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv(1) to drop CAP_SYS_ADMIN")
+    result = subprocess.run([setpriv, "--bounding-set=-sys_admin", "--inh-caps=-sys_admin",
+                             sys.executable, "-m", "linux_clone.bench", "--quick", "--json"],
+                            capture_output=True, text=True, timeout=120, cwd="/",
+                            env=python_env())
+    assert result.returncode == 0, result.stderr
+    rows = {row["id"]: row for row in json.loads(result.stdout)["rows"]}
+    for row in bench.ROWS:
+        if row.privileged:
+            assert "CAP_SYS_ADMIN" in rows[row.key]["skipped_row"], rows[row.key]
+            assert "skipped" in result.stderr
+        else:
+            assert rows[row.key]["results"]["raw C"]["ns"] > 0
+
+
+def test_plot_without_matplotlib_is_a_clear_error() -> None:
+    code = ("import sys; sys.modules['matplotlib'] = None; "
+            "from linux_clone.bench import main; main(['--quick', '--plot', '/dev/null'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd="/", env=python_env())
+    assert result.returncode == 2
+    assert "--plot needs matplotlib" in result.stderr
+
+
+def test_c_loops_unprivileged() -> None:
+    pid, n = os.getpid(), 1000
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    user = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for elapsed in (_bench.getpid_raw(n), _bench.clock_pair(n),
+                        _bench.kcmp_raw(pid, pid, linux_clone.KCMP_VM, n),
+                        _bench.kcmp_cimport(pid, pid, linux_clone.KCMP_VM, n),
+                        _bench.ns_ioctl_raw(fd, linux_clone.NS_GET_NSTYPE, n),
+                        _bench.ns_ioctl_cimport(fd, linux_clone.NS_GET_NSTYPE, n),
+                        _bench.owner_uid_raw(user, n), _bench.owner_uid_cimport(user, n)):
+            assert 0 < elapsed / n < 1e6  # a syscall takes more than 0 and less than 1 ms
+        with pytest.raises(OSError):
+            _bench.ns_ioctl_raw(-1, linux_clone.NS_GET_NSTYPE, 1)
+    finally:
+        os.close(fd)
+        os.close(user)
+
+
+def test_c_loops_privileged(privileged: None) -> None:
+    def child() -> Dict[str, float]:
+        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        linux_clone.unshare(linux_clone.NEWNET)
+        there = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        linux_clone.setns(here, linux_clone.NEWNET)
+        net = int(linux_clone.NEWNET)
+        times = {
+            "setns_raw": _bench.setns_raw(here, there, net, 100) / 100,
+            "setns_cimport": _bench.setns_cimport(here, there, net, 100) / 100,
+            "entered_c": _bench.entered_c(there, net, b"/proc/thread-self/ns/net", 100) / 100,
+            "clone_reap": _bench.clone_reap(int(linux_clone.NEWUTS), 3) / 3,
+            "spawn_reap": _bench.spawn_reap(net, b"/bin/true", 3) / 3,
+        }
+        assert os.stat("/proc/thread-self/ns/net").st_ino == os.fstat(here).st_ino
+        times["unshare_raw"] = _bench.unshare_raw(int(linux_clone.NEWUTS), 100) / 100
+        times["unshare_cimport"] = _bench.unshare_cimport(int(linux_clone.NEWUTS), 100) / 100
+        times["loopback_raw"] = _bench.loopback_fresh(False, 2) / 2
+        times["loopback_cimport"] = _bench.loopback_fresh(True, 2) / 2
+        return times
+
+    times = in_child(child)
+    for name, per_call in times.items():
+        assert 0 < per_call < 1e9, (name, per_call)  # more than 0, less than a second
+    # A process costs more than a syscall: the loops did what they say.
+    assert times["clone_reap"] > times["setns_raw"] / 2
+
+
+def test_spawn_reap_reports_a_failed_program(privileged: None) -> None:
+    with pytest.raises(OSError):
+        in_child(lambda: _bench.spawn_reap(0, b"/bin/false", 1))
