@@ -603,12 +603,19 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         except Exception:
             pass
     PyOS_BeforeFork()
-    # Set only now: PyOS_BeforeFork may wait for the import lock and let other threads run.
+    # Decided and set only now: PyOS_BeforeFork may wait for the import lock and let other
+    # threads run.
+    direct = lc_single_threaded()
+    if not direct and (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD):
+        PyOS_AfterFork_Parent()
+        raise RuntimeError(
+            "with other threads running, clone() can only make a child that exits with "
+            "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
+            "it clones from a forked helper, so that no lock another thread holds is "
+            "inherited; clone before starting threads, or use the C-level API")
     _child_func = func
     _child_stack = stack.base + _page_size if stack is not None else NULL
     _child_stack_size = stack.length - _page_size if stack is not None else 0
-    direct = (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD
-              or lc_single_threaded())
     if direct:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
@@ -636,8 +643,11 @@ def clone(func, stack_size=0, flags=SIGCHLD):
     cdef unsigned long long ns_flags = c_flags & ~CSIGNAL
     cdef int exit_signal = <int>(c_flags & CSIGNAL & ~CLONE_NEWTIME)
     cdef lc_clone_args args
-    if c_flags & CLONE_NEWTIME:
-        # Legacy clone(2) reads bit 0x80 as part of the exit signal; only clone3 can say it.
+    if c_flags & CLONE_INTO_CGROUP:
+        raise ValueError("INTO_CGROUP goes with a cgroup: use clone3(func, cgroup=...)")
+    if c_flags & CLONE_NEWTIME or c_flags >> 32:
+        # Legacy clone(2) reads bit 0x80 as part of the exit signal and drops the high 32
+        # bits; only clone3 can say them (and refuses the ones it does not know).
         memset(&args, 0, sizeof(args))
         return _clone(func, _index(stack_size), (ns_flags | CLONE_NEWTIME) & ~CLONE_DETACHED,
                       exit_signal, &args)
@@ -658,6 +668,8 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
     cdef _Ns group = None
     if n > MAX_PID_NS_LEVEL:
         raise ValueError(f"set_tid has at most {MAX_PID_NS_LEVEL} pids, not {n}")
+    if c_flags & CLONE_INTO_CGROUP and cgroup is None:
+        raise ValueError("INTO_CGROUP goes with a cgroup: pass cgroup=")
     memset(&args, 0, sizeof(args))
     for i in range(n):
         tids[i] = _index(set_tid[i])

@@ -59,7 +59,9 @@ def python_env(**extra: str) -> Dict[str, str]:
 
 def run_python(code: str, *, timeout: float = 120, input: Optional[bytes] = None,
                **kwargs: Any) -> subprocess.CompletedProcess:
-    """Run `code` in a new interpreter (this one's) with pipes for stdout and stderr."""
+    """Run `code` in a new interpreter (this one's) with pipes for stdout and stderr, from /
+    unless told otherwise: in the checkout the source tree would shadow the installed package."""
+    kwargs.setdefault("cwd", "/")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
                           env=python_env(), input=input, **kwargs)
 
@@ -97,10 +99,14 @@ def privileged() -> None:
 
 
 def drop_privileges(uid: int = 65534, gid: int = 65534) -> None:
-    """Become an unprivileged user (in a child: this cannot be undone)."""
+    """Become an unprivileged user (in a child: this cannot be undone), dumpable again as a
+    user's own process is, so that its /proc/<pid> files (uid_map, ...) belong to it."""
+    import ctypes
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    PR_SET_DUMPABLE = 4
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def ns_inode(kind: str, pid: Union[int, str] = "self") -> int:

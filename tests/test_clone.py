@@ -1,0 +1,966 @@
+"""clone(): exit statuses, the fork-like child, output, namespaces, pidfds, dedicated stacks, id
+maps and threaded parents, each checked against the kernel's answer."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import pytest
+
+import linux_clone
+from linux_clone import (
+    FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
+    DETACHED, SYSVSEM, WALL,
+)
+from conftest import drop_privileges, in_child, ns_inode, run_python
+
+SIGCHLD = signal.SIGCHLD
+NOBODY = 65534
+PR_SET_DUMPABLE = 4
+PAGE = os.sysconf("SC_PAGESIZE")
+
+
+# ---- helpers ----
+
+def wait_code(pid: int, options: int = 0) -> int:
+    """Reap `pid`; its exit code as subprocess reports it (-N: killed by signal N)."""
+    _, status = os.waitpid(pid, options)
+    return os.waitstatus_to_exitcode(status)
+
+
+def clone_call(func: Callable[[], Any], flags: int = SIGCHLD, stack_size: int = 0,
+               **maps: Any) -> Any:
+    """Call func() in a clone child and return what it returned (pickled through a pipe)."""
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(rfd)
+        data = pickle.dumps(func())
+        with os.fdopen(wfd, "wb") as f:
+            f.write(data)
+        return 0
+
+    try:
+        result = linux_clone.clone(child, stack_size, flags, **maps)
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    pid = result[0] if isinstance(result, tuple) else result
+    if isinstance(result, tuple):
+        os.close(result[1])
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    code = wait_code(pid, WALL)
+    assert code == 0, f"clone child exited with {code} (its traceback is on stderr)"
+    return pickle.loads(data)
+
+
+def children_of(pid: int) -> List[int]:
+    """The pids whose parent is `pid` (zombies included), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+            found.append(int(name))
+    return found
+
+
+def no_children_left() -> bool:
+    """True when this process has no child at all, running or zombie."""
+    try:
+        os.waitpid(-1, os.WNOHANG | WALL)
+    except ChildProcessError:
+        return children_of(os.getpid()) == []
+    return False
+
+
+@contextlib.contextmanager
+def running_threads(n: int) -> Iterator[None]:
+    """n Python threads that keep running (and taking and dropping the GIL) inside the block."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(200))
+            time.sleep(0.0002)
+
+    threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def become_nobody() -> None:
+    """Drop to uid/gid 65534 as a user logged in as nobody would be: dumpable again (a uid
+    change clears it), so this process and its children own their /proc/<pid> files."""
+    drop_privileges(NOBODY, NOBODY)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def ns_inodes(kinds: List[str]) -> Dict[str, int]:
+    return {kind: ns_inode(kind) for kind in kinds}
+
+
+def kernel_has_ns(kind: str) -> bool:
+    return os.path.exists(f"/proc/self/ns/{kind}")
+
+
+# The ways a child is started: on a copy of the caller's stack, on a dedicated stack, from a
+# threaded parent (the fork-helper path), and as pid 1 of a new pid namespace.
+VARIANTS = [
+    pytest.param((0, SIGCHLD, 0), id="fork-like"),
+    pytest.param((1 << 20, SIGCHLD, 0), id="dedicated-stack"),
+    pytest.param((0, SIGCHLD, 3), id="threaded-parent"),
+    pytest.param((0, NEWPID | SIGCHLD, 0), id="newpid"),
+]
+
+
+@pytest.fixture
+def variant(request: pytest.FixtureRequest) -> Any:
+    stack_size, flags, threads = request.param
+    if flags & ~0xFF:
+        request.getfixturevalue("privileged")
+    return stack_size, flags, threads
+
+
+def clone_variant(func: Callable[[], Any], variant: Any) -> Any:
+    stack_size, flags, threads = variant
+    with running_threads(threads):
+        return clone_call(func, flags, stack_size)
+
+
+# ---- exit status ----
+
+@pytest.mark.parametrize("value, code", [
+    (0, 0), (7, 7), (255, 255), (256, 0), (-1, 255), (None, 0), (True, 1),
+])
+def test_return_value_is_the_exit_status(value: Any, code: int) -> None:
+    pid = linux_clone.clone(lambda: value)
+    assert wait_code(pid) == code
+
+
+@pytest.mark.parametrize("value", ["3", 1.5, [], object()], ids=["str", "float", "list", "object"])
+def test_non_int_return_exits_1(value: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    pid = linux_clone.clone(lambda: value)
+    assert wait_code(pid) == 1
+    assert "TypeError" in capfd.readouterr().err
+
+
+def test_uncaught_exception_exits_1_with_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    def fails_in_child() -> None:
+        raise LookupError("no such thing here")
+
+    pid = linux_clone.clone(fails_in_child)
+    assert wait_code(pid) == 1
+    err = capfd.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert "fails_in_child" in err
+    assert "LookupError: no such thing here" in err
+
+
+@pytest.mark.parametrize("code, status, message", [
+    (None, 0, ""), (0, 0, ""), (5, 5, ""), (300, 300 & 0xFF, ""), ("bye", 1, "bye\n"),
+])
+def test_system_exit_acts_as_at_top_level(code: Any, status: int, message: str,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    pid = linux_clone.clone(lambda: sys.exit(code))
+    assert wait_code(pid) == status
+    assert capfd.readouterr().err == message
+
+
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("func", [lambda: 0, lambda: 1 // 0, lambda: sys.exit(3)],
+                         ids=["return", "raise", "sys.exit"])
+def test_child_never_returns_into_the_caller(func: Callable[[], Any], stack_size: int,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    rfd, wfd = os.pipe()
+    try:
+        pid = linux_clone.clone(func, stack_size)
+    finally:
+        # A child that came back here would write its own pid too.
+        os.write(wfd, b"%d\n" % os.getpid())
+        os.close(wfd)
+    wait_code(pid)
+    with os.fdopen(rfd, "rb") as f:
+        assert f.read() == b"%d\n" % os.getpid()
+
+
+# ---- the child is a normal Python process, as after os.fork() ----
+
+AT_FORK = """
+import os, sys, threading, linux_clone
+events = []
+os.register_at_fork(before=lambda: events.append("before"),
+                    after_in_parent=lambda: events.append("after_in_parent"),
+                    after_in_child=lambda: events.append("after_in_child"))
+stop = threading.Event()
+threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
+for t in threads:
+    t.start()
+pid = linux_clone.clone(lambda: print("child", events), STACK_SIZE)
+_, status = os.waitpid(pid, 0)
+stop.set()
+print("parent", events, os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+def test_at_fork_hooks_run(threads: int, stack_size: int) -> None:
+    code = AT_FORK.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
+    proc = run_python(code, cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [
+        "child ['before', 'after_in_child']",
+        "parent ['before', 'after_in_parent'] 0",
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_child_has_only_the_calling_thread(variant: Any) -> None:
+    stop = threading.Event()
+    waiters = [threading.Thread(target=stop.wait, daemon=True) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    try:
+        assert threading.active_count() >= 4
+        count, is_main = clone_variant(
+            lambda: (threading.active_count(),
+                     threading.current_thread() is threading.main_thread()), variant)
+    finally:
+        stop.set()
+        for thread in waiters:
+            thread.join()
+    assert (count, is_main) == (1, True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_subprocess_works_in_child(variant: Any) -> None:
+    def child() -> Any:
+        proc = subprocess.run(["sh", "-c", "echo $PPID; exit 4"], capture_output=True)
+        return os.getpid(), proc.returncode, proc.stdout
+
+    pid, returncode, out = clone_variant(child, variant)
+    assert (returncode, out) == (4, b"%d\n" % pid)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_fork_works_in_child(variant: Any) -> None:
+    def child() -> Any:
+        rfd, wfd = os.pipe()
+        grandchild = os.fork()
+        if grandchild == 0:
+            os.write(wfd, b"%d" % os.getppid())
+            os._exit(9)
+        os.close(wfd)
+        parent_seen = os.read(rfd, 32)
+        return os.getpid(), int(parent_seen), wait_code(grandchild)
+
+    me, parent_seen, code = clone_variant(child, variant)
+    assert (parent_seen, code) == (me, 9)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_threads_work_in_child(variant: Any) -> None:
+    def child() -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+        results = []
+        lock = threading.Lock()
+
+        def work(n: int) -> int:
+            with lock:
+                results.append(n)
+            return n * n
+
+        with ThreadPoolExecutor(4) as pool:
+            squares = list(pool.map(work, range(50)))
+        return sum(squares), sorted(results) == list(range(50)), threading.active_count()
+
+    assert clone_variant(child, variant) == (sum(n * n for n in range(50)), True, 1)
+
+
+# ---- output: written once, never lost ----
+
+OUTPUT = """
+import os, sys, threading, linux_clone
+stop = threading.Event()
+threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
+for t in threads:
+    t.start()
+print("parent before clone")
+sys.stderr.write("parent stderr before clone\\n")
+
+def child():
+    print("child stdout", end="")
+    print(" line")
+    print("child stderr", file=sys.stderr)
+    ENDING
+
+pid = linux_clone.clone(child, STACK_SIZE, FLAGS)
+_, status = os.waitpid(pid, linux_clone.WALL)
+stop.set()
+print("parent after", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("ending, code", [("return 0", 0), ("raise SystemExit(6)", 6),
+                                          ("raise KeyError('k')", 1)],
+                         ids=["return", "exit", "raise"])
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_output_reaches_pipes_once(variant: Any, ending: str, code: int) -> None:
+    stack_size, flags, threads = variant
+    if flags & NEWPID:
+        flags &= ~0xFF  # exit signal 0: the child is reaped with WALL
+    script = (OUTPUT.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
+              .replace("FLAGS", str(int(flags))).replace("ENDING", ending))
+    proc = run_python(script, cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [
+        "parent before clone", "child stdout line", f"parent after {code}"]
+    err = proc.stderr.decode()
+    assert err.count("parent stderr before clone") == 1
+    assert err.count("child stderr") == 1
+    assert ("KeyError: 'k'" in err) == (code == 1)
+
+
+# ---- NEWPID ----
+
+def test_newpid_child_is_pid_1(privileged: None) -> None:
+    assert clone_call(lambda: (os.getpid(), os.getppid()), NEWPID | SIGCHLD) == (1, 0)
+
+
+def test_newpid_exit_signal_0_is_reaped_with_wall(privileged: None) -> None:
+    assert WALL == 0x40000000
+    pid = linux_clone.clone(lambda: 42 if os.getpid() == 1 else 1, 0, NEWPID)
+    try:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # no SIGCHLD: not a child waitpid() sees without WALL
+    finally:
+        assert wait_code(pid, WALL) == 42
+
+
+# ---- new namespaces ----
+
+NS_KINDS = ["net", "uts", "ipc", "mnt", "user", "cgroup", "pid", "pid_for_children"]
+NEW_NAMESPACES = [
+    (NEWNET, {"net"}), (NEWUTS, {"uts"}), (NEWIPC, {"ipc"}), (NEWNS, {"mnt"}),
+    (NEWUSER, {"user"}), (NEWCGROUP, {"cgroup"}), (NEWPID, {"pid", "pid_for_children"}),
+    (NEWNET | NEWUTS | NEWIPC | NEWNS, {"net", "uts", "ipc", "mnt"}),
+]
+
+
+@pytest.mark.parametrize("flag, changed", NEW_NAMESPACES,
+                         ids=["+".join(sorted(changed)) for _, changed in NEW_NAMESPACES])
+def test_namespace_flags_give_new_namespaces(flag: int, changed: set, privileged: None) -> None:
+    mine = ns_inodes(NS_KINDS)
+    theirs = clone_call(lambda: ns_inodes(NS_KINDS), flag | SIGCHLD)
+    assert {kind for kind in NS_KINDS if theirs[kind] != mine[kind]} == changed
+    assert ns_inodes(NS_KINDS) == mine
+
+
+def test_newtime(privileged: None) -> None:
+    if not kernel_has_ns("time"):
+        pytest.skip("kernel without time namespaces")
+    kinds = ["time", "time_for_children", "net", "user"]
+    mine = ns_inodes(kinds)
+    # 0x80 is NEWTIME, not part of the exit signal: the child still signals SIGCHLD, so a
+    # plain waitpid (no WALL) reaps it.
+    pid = linux_clone.clone(lambda: 0, 0, NEWTIME | SIGCHLD)
+    assert wait_code(pid) == 0
+    theirs = clone_call(lambda: ns_inodes(kinds), NEWTIME | SIGCHLD)
+    assert theirs["time"] != mine["time"]
+    assert theirs["time_for_children"] == theirs["time"]
+    assert (theirs["net"], theirs["user"]) == (mine["net"], mine["user"])
+    assert ns_inodes(kinds) == mine
+
+
+def test_hostname_in_newuts_child_does_not_leak(privileged: None) -> None:
+    before = socket.gethostname()
+
+    def child() -> Any:
+        socket.sethostname("lc-clone-test")
+        return socket.gethostname(), os.uname().nodename
+
+    assert clone_call(child, NEWUTS | SIGCHLD) == ("lc-clone-test", "lc-clone-test")
+    assert socket.gethostname() == before != "lc-clone-test"
+
+
+def test_newuser_newnet_works_unprivileged(privileged: None) -> None:
+    def attempt() -> Any:
+        become_nobody()
+        with pytest.raises(PermissionError) as denied:
+            linux_clone.clone(lambda: 0, 0, NEWNET | SIGCHLD)
+        mine = ns_inodes(["net", "user"])
+        theirs = clone_call(lambda: ns_inodes(["net", "user"]), NEWUSER | NEWNET | SIGCHLD)
+        return denied.value.errno, mine, theirs, no_children_left()
+
+    err, mine, theirs, clean = in_child(attempt)
+    assert err == errno.EPERM
+    assert theirs["net"] != mine["net"] and theirs["user"] != mine["user"]
+    assert clean
+
+
+# ---- PIDFD ----
+
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_pidfd_is_returned_and_waitable(variant: Any) -> None:
+    stack_size, flags, threads = variant
+    with running_threads(threads):
+        result = linux_clone.clone(lambda: 17, stack_size, flags | PIDFD)
+    assert isinstance(result, tuple) and len(result) == 2
+    pid, pidfd = result
+    try:
+        assert not os.get_inheritable(pidfd)
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            assert f"Pid:\t{pid}\n" in f.read()
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)
+    assert info is not None
+    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 17)
+
+
+def test_pidfd_with_exit_signal_0(privileged: None) -> None:
+    pid, pidfd = linux_clone.clone(lambda: 3, 0, NEWPID | PIDFD)
+    try:
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | WALL)
+    finally:
+        os.close(pidfd)
+    assert info is not None and (info.si_pid, info.si_status) == (pid, 3)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pidfd_send_signal"), reason="Python 3.9+")
+def test_pidfd_send_signal() -> None:
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.write(wfd, b"r")
+        while True:
+            signal.pause()
+
+    pid, pidfd = linux_clone.clone(child, 0, PIDFD | SIGCHLD)
+    try:
+        os.close(wfd)
+        assert os.read(rfd, 1) == b"r"
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)
+        os.close(rfd)
+    assert info is not None
+    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_KILLED, signal.SIGTERM)
+
+
+# ---- dedicated stacks ----
+
+def _stack_mapping() -> Any:
+    """The stack pointer, and the /proc/self/maps lines of the mapping that holds it and of
+    the one below."""
+    with open("/proc/self/syscall") as f:
+        sp = int(f.read().split()[-2], 16)  # "nr args... sp pc" while in this read()
+    with open("/proc/self/maps") as f:
+        lines = f.read().splitlines()
+    for below, line in zip([""] + lines, lines):
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= sp < end:
+            return sp, line, below
+    raise AssertionError(f"stack pointer {sp:#x} is in no mapping")
+
+
+@pytest.mark.parametrize("stack_size, usable", [
+    (1 << 20, 1 << 20), (256 * 1024 + 1, 256 * 1024 + PAGE), (3 << 20, 3 << 20)])
+def test_child_runs_on_its_dedicated_stack(stack_size: int, usable: int) -> None:
+    sp, line, below = clone_call(_stack_mapping, SIGCHLD, stack_size)
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    guard_start, guard_end = (int(x, 16) for x in below.split()[0].split("-"))
+    # An inaccessible guard page, then the stack; the kernel may merge a neighbour above it
+    # into the same line of maps, so the stack's own top is start + usable.
+    assert below.split()[1] == "---p" and guard_end == start and guard_end - guard_start >= PAGE
+    assert line.split()[1] == "rw-p" and "[stack]" not in line and end - start >= usable
+    assert 0 < start + usable - sp < 64 * 1024
+
+
+def test_stack_size_0_runs_on_the_copied_stack() -> None:
+    _, line, _ = clone_call(_stack_mapping, SIGCHLD, 0)
+    assert line.endswith("[stack]")
+
+
+def test_recursion_on_a_dedicated_stack() -> None:
+    def child() -> Any:
+        def down(n: int) -> int:
+            return 0 if n == 0 else 1 + down(n - 1)
+
+        nested: list = []
+        for _ in range(300):
+            nested = [nested]
+        return down(500), len(repr(nested)), len(json.dumps(nested))
+
+    assert clone_call(child, SIGCHLD, 1 << 20) == (500, 602, 602)
+
+
+STACK_LEAK = """
+import json, os, threading, linux_clone
+
+def snapshot():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {"maps": len(open("/proc/self/maps").readlines()),
+            "vmsize": int(status["VmSize"].split()[0]), "rss": int(status["VmRSS"].split()[0]),
+            "fds": len(os.listdir("/proc/self/fd"))}
+
+def run(n):
+    wrong = 0
+    for i in range(n):
+        pid = linux_clone.clone(lambda: i % 7, 1 << 20)
+        wrong += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != i % 7
+    return wrong
+
+stop = threading.Event()
+threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
+for t in threads:
+    t.start()
+run(50)
+before = snapshot()
+wrong = run(CLONES)
+after = snapshot()
+try:
+    os.waitpid(-1, os.WNOHANG | linux_clone.WALL)
+    children = True
+except ChildProcessError:
+    children = False
+stop.set()
+print(json.dumps({"before": before, "after": after, "wrong": wrong, "children": children}))
+"""
+
+
+@pytest.mark.parametrize("threads, clones", [(0, 1000), (2, 300)],
+                         ids=["single-threaded", "threaded"])
+def test_stack_not_leaked_over_many_clones(threads: int, clones: int) -> None:
+    proc = run_python(STACK_LEAK.replace("THREADS", str(threads))
+                      .replace("CLONES", str(clones)), cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    before, after = report["before"], report["after"]
+    assert report["wrong"] == 0 and not report["children"]
+    assert after["fds"] == before["fds"]
+    assert after["maps"] - before["maps"] <= 8, report
+    assert after["vmsize"] - before["vmsize"] < 32 * 1024, report  # KiB; leaks: 1 MiB each
+    assert after["rss"] - before["rss"] < 16 * 1024, report
+
+
+def _raises_without_a_child(call: Callable[[], Any]) -> Any:
+    """In a fresh child process: call() must raise; return the exception, and whether the call
+    left any process behind (or let one exit: SIGCHLD)."""
+    def attempt() -> Any:
+        chld = []
+        signal.signal(signal.SIGCHLD, lambda *_: chld.append(1))
+        try:
+            call()
+        except BaseException as exc:
+            raised = exc
+        else:
+            raise AssertionError("the call did not raise")
+        return raised, no_children_left() and not chld
+
+    return in_child(attempt)
+
+
+@pytest.mark.parametrize("stack_size, exc_type, err", [
+    (-1, ValueError, None), (-(1 << 20), ValueError, None),
+    (1 << 60, OSError, errno.ENOMEM), ((1 << 63) - 1, OSError, errno.ENOMEM),
+    (1 << 63, OverflowError, None), (1 << 64, OverflowError, None),
+])
+def test_bad_stack_size(stack_size: int, exc_type: type, err: Any) -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, stack_size))
+    assert type(exc) is exc_type or (exc_type is OSError and isinstance(exc, OSError))
+    assert getattr(exc, "errno", None) == err
+    assert clean
+
+
+# ---- bad arguments ----
+
+@pytest.mark.parametrize("func", [42, None, "print"])
+def test_func_not_callable(func: Any) -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(func))
+    assert isinstance(exc, TypeError) and "callable" in str(exc)
+    assert clean
+
+
+@pytest.mark.parametrize("name", ["VM", "THREAD", "SIGHAND", "SETTLS", "PARENT_SETTID",
+                                  "CHILD_SETTID", "CHILD_CLEARTID"])
+def test_flags_that_cannot_carry_a_python_child(name: str) -> None:
+    flag = getattr(linux_clone, name)
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, 0, flag | SIGCHLD))
+    assert isinstance(exc, ValueError) and name in str(exc)
+    assert clean
+
+
+@pytest.mark.parametrize("flags", [-1, -SIGCHLD, 1 << 64])
+def test_flags_out_of_range(flags: int) -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, 0, flags))
+    assert isinstance(exc, OverflowError)
+    assert clean
+
+
+@pytest.mark.parametrize("exit_signal", [65, 100, 127, NEWTIME | 65])
+def test_exit_signal_out_of_range(exit_signal: int) -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, 0, exit_signal))
+    assert isinstance(exc, ValueError)
+    assert clean
+
+
+def test_unknown_flag_bits_are_einval() -> None:
+    # Legacy clone(2) would drop bits above 32 silently; clone() hands them to clone3.
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, 0,
+                                                                    (1 << 40) | SIGCHLD))
+    assert isinstance(exc, OSError) and exc.errno == errno.EINVAL
+    assert clean
+
+
+def test_into_cgroup_needs_a_cgroup() -> None:
+    exc, clean = _raises_without_a_child(
+        lambda: linux_clone.clone(lambda: 0, 0, linux_clone.INTO_CGROUP | SIGCHLD))
+    assert isinstance(exc, ValueError) and "cgroup" in str(exc)
+    assert clean
+
+
+def test_clear_sighand_is_a_clone3_flag_that_clone_passes_on() -> None:
+    pid = linux_clone.clone(lambda: 5, 0, linux_clone.CLEAR_SIGHAND | SIGCHLD)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 5
+
+
+@pytest.mark.parametrize("flags", [NEWUSER | FS, NEWNS | FS, NEWIPC | SYSVSEM, PIDFD | DETACHED],
+                         ids=["NEWUSER|FS", "NEWNS|FS", "NEWIPC|SYSVSEM", "PIDFD|DETACHED"])
+def test_flag_combinations_the_kernel_refuses(flags: int, privileged: None) -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone(lambda: 0, 0, flags | SIGCHLD))
+    assert isinstance(exc, OSError) and exc.errno == errno.EINVAL
+    assert clean
+
+
+# ---- uid_map, gid_map, setgroups ----
+
+def _ids() -> Any:
+    return os.getuid(), os.geteuid(), os.getgid(), os.getegid()
+
+
+@pytest.mark.parametrize("maps, ids", [
+    ({}, (None,) * 4),
+    ({"uid_map": "0 0 1"}, (0, 0, None, None)),
+    ({"uid_map": "7 0 1\n", "gid_map": " 9 0 1 "}, (7, 7, 9, 9)),
+    ({"uid_map": [(0, 0, 1)], "gid_map": [(0, 0, 1)]}, (0, 0, 0, 0)),
+    ({"uid_map": [(0, 0, 1), (1, 100000, 1000)], "gid_map": "0 0 1\n1 200000 1000",
+      "setgroups": "deny"}, (0, 0, 0, 0)),
+], ids=["no-maps", "uid-text", "both-text", "tuples", "ranges"])
+def test_id_maps_as_root(maps: Dict[str, Any], ids: Any, privileged: None) -> None:
+    with open("/proc/sys/kernel/overflowuid") as f:
+        overflow = int(f.read())
+    expected = tuple(overflow if i is None else i for i in ids)
+    assert clone_call(_ids, NEWUSER | SIGCHLD, **maps) == expected
+
+
+def test_id_maps_unprivileged(privileged: None) -> None:
+    def attempt() -> Any:
+        become_nobody()
+        inner = clone_call(_ids, NEWUSER | SIGCHLD, uid_map=f"0 {NOBODY} 1",
+                           gid_map=[(0, NOBODY, 1)], setgroups="deny")
+        return inner, no_children_left()
+
+    assert in_child(attempt) == ((0, 0, 0, 0), True)
+
+
+@pytest.mark.parametrize("setgroups", ["deny", "allow"])
+def test_maps_seen_from_the_parent_while_the_child_waits(setgroups: str,
+                                                         privileged: None) -> None:
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(wfd)
+        if os.read(rfd, 1) != b"g" or _ids() != (0, 0, 0, 0):
+            return 2
+        try:
+            os.setgroups([0])
+        except PermissionError:
+            return 10  # denied, as setgroups "deny" says
+        return 11
+
+    pid = linux_clone.clone(child, 0, NEWUSER | SIGCHLD, uid_map=[(0, 0, 1)],
+                            gid_map="0 0 1\n1 3000 5", setgroups=setgroups)
+    try:
+        os.close(rfd)
+        with open(f"/proc/{pid}/uid_map") as f:
+            uid_map = [line.split() for line in f]
+        with open(f"/proc/{pid}/gid_map") as f:
+            gid_map = [line.split() for line in f]
+        with open(f"/proc/{pid}/setgroups") as f:
+            seen_setgroups = f.read()
+        os.write(wfd, b"g")
+    finally:
+        os.close(wfd)
+        code = wait_code(pid)
+    assert uid_map == [["0", "0", "1"]]
+    assert gid_map == [["0", "0", "1"], ["1", "3000", "5"]]
+    assert seen_setgroups == setgroups + "\n"
+    assert code == (10 if setgroups == "deny" else 11)
+
+
+def _bad_map_attempt(unprivileged: bool, flags: int, maps: Dict[str, Any]) -> Any:
+    """In a child: a clone whose maps the kernel refuses; returns the exception, whether any
+    process is left, whether func ran, and whether an fd leaked."""
+    if unprivileged:
+        become_nobody()
+    rfd, wfd = os.pipe()
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        linux_clone.clone(lambda: os.write(wfd, b"ran") and 0, 0, flags, **maps)
+    except OSError as exc:
+        raised = exc
+    else:
+        raise AssertionError("clone() with a bad map did not raise")
+    leaked = len(os.listdir("/proc/self/fd")) - fds
+    os.close(wfd)
+    ran = os.read(rfd, 16)
+    return raised, no_children_left(), ran, leaked
+
+
+@pytest.mark.parametrize("unprivileged, maps, err", [
+    (False, {"uid_map": "0 1000 10\n5 2000 10"}, errno.EINVAL),
+    (False, {"uid_map": [(0, 1000, 1)], "gid_map": [(0, 0, 5), (3, 10, 5)]}, errno.EINVAL),
+    (True, {"uid_map": "0 0 1"}, errno.EPERM),
+    (True, {"uid_map": f"0 {NOBODY} 2"}, errno.EPERM),
+    (True, {"uid_map": f"0 {NOBODY} 1", "gid_map": f"0 {NOBODY} 1"}, errno.EPERM),
+], ids=["overlap", "gid-overlap", "unmapped-outer", "range", "gid-without-deny"])
+@pytest.mark.parametrize("pidfd", [0, PIDFD], ids=["pid", "pidfd"])
+def test_bad_map_raises_in_parent_and_reaps_child(unprivileged: bool, maps: Dict[str, Any],
+                                                  err: int, pidfd: int,
+                                                  privileged: None) -> None:
+    raised, clean, ran, leaked = in_child(_bad_map_attempt, unprivileged,
+                                          NEWUSER | SIGCHLD | pidfd, maps)
+    assert raised.errno == err
+    assert clean, "the child was left behind"
+    assert ran == b"", "func ran in spite of the failed map"
+    assert leaked == 0
+
+
+@pytest.mark.parametrize("maps", [
+    {"uid_map": "0 1000"}, {"uid_map": "a b c"}, {"uid_map": "0 1000 0"},
+    {"uid_map": "-1 1000 1"}, {"uid_map": f"0 {1 << 32} 1"}, {"uid_map": ""},
+    {"uid_map": "0 1000 1\n\n1 2000 1"}, {"gid_map": [(0, 1000)]}, {"gid_map": []},
+    {"uid_map": "0 0 1", "setgroups": "yes"}, {"setgroups": "Deny"},
+], ids=lambda maps: repr(maps))
+def test_malformed_map_is_value_error_before_any_child(maps: Dict[str, Any]) -> None:
+    exc, clean = _raises_without_a_child(
+        lambda: linux_clone.clone(lambda: 0, 0, NEWUSER | SIGCHLD, **maps))
+    assert isinstance(exc, ValueError)
+    assert clean
+
+
+# ---- threaded parents ----
+
+def test_threaded_parent_clone_newuser_newpid(privileged: None) -> None:
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(wfd)
+        os.read(rfd, 1)
+        return 30 + (os.getpid() == 1) + 2 * (os.getppid() == 0) + 4 * (os.getuid() == 0)
+
+    with running_threads(4):
+        assert threading.active_count() >= 5
+        pid = linux_clone.clone(child, 0, NEWUSER | NEWPID | SIGCHLD)
+        os.close(rfd)
+        with open(f"/proc/{pid}/status") as f:
+            ppid = [line.split()[1] for line in f if line.startswith("PPid:")]
+        os.write(wfd, b"g")
+        os.close(wfd)
+        code = wait_code(pid)  # a plain waitpid: the caller is the parent
+    assert ppid == [str(os.getpid())]
+    assert code == 30 + 1 + 2  # pid 1, no parent in its namespace, no uid map
+    assert children_of(os.getpid()) == []
+
+
+def test_threaded_parent_newuser_contrast_with_unshare(privileged: None) -> None:
+    def attempt() -> Any:
+        become_nobody()
+        with running_threads(4):
+            with pytest.raises(OSError) as refused:
+                linux_clone.unshare(NEWUSER)
+            theirs = clone_call(lambda: (_ids(), ns_inode("user"), os.getpid()),
+                                NEWUSER | NEWPID | SIGCHLD, uid_map=f"0 {NOBODY} 1")
+        return refused.value.errno, ns_inode("user"), theirs, no_children_left()
+
+    err, mine, (ids, theirs, pid), clean = in_child(attempt)
+    assert err == errno.EINVAL
+    assert theirs != mine and pid == 1 and ids[:2] == (0, 0)
+    assert clean
+
+
+def test_threaded_parent_many_clones_leave_no_helpers(privileged: None) -> None:
+    with running_threads(4):
+        pids = [linux_clone.clone(lambda i=i: i, 0, NEWUSER | SIGCHLD) for i in range(20)]
+        codes = [wait_code(pid) for pid in pids]
+        assert children_of(os.getpid()) == []
+    assert codes == list(range(20))
+
+
+# ---- the threaded stress test of issue 3 ----
+
+STRESS = """
+import ctypes, ctypes.util, json, os, select, signal, sys, threading, time
+import linux_clone as lc
+
+SIGCHLD, SIGURG = signal.SIGCHLD, signal.SIGURG
+SETS = [eval(s, vars(lc), {"SIGCHLD": SIGCHLD, "SIGURG": SIGURG}) for s in SET_NAMES]
+sys.setswitchinterval(1e-4)  # the main thread gets the GIL back quickly between clones
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.regcomp.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+libc.regfree.argtypes = [ctypes.c_void_p]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.fmemopen.restype = ctypes.c_void_p
+libc.fmemopen.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+libc.fflush.argtypes = [ctypes.c_void_p]
+PATTERN = b"(" + b"|".join(b"w%dx[a-z]{1,3}" % i for i in range(40)) + b")+y"
+# Many open FILEs make fflush(NULL) hold glibc's stdio list lock for a long time per call.
+streams = [libc.fmemopen(None, 64, b"w+") for _ in range(2000)]
+stop = threading.Event()
+
+def hammer():
+    # Every ctypes call runs without the GIL: malloc/free directly, regcomp (thousands of
+    # mallocs in one call), fopen/fclose and fflush(NULL) (the stdio list lock).
+    regex = ctypes.create_string_buffer(256)
+    while not stop.is_set():
+        for size in (16, 4000, 300000):
+            libc.free(libc.malloc(size))
+        libc.regcomp(regex, PATTERN, 1)
+        libc.regfree(regex)
+        libc.fclose(libc.fopen(b"/dev/null", b"w"))
+        libc.fflush(None)
+
+def allocate():
+    while not stop.is_set():
+        junk = [{"n": i, "s": str(i)} for i in range(2000)]
+        del junk
+
+def child(i):
+    def run():
+        # What a child that inherited a lock held by another thread would hang on.
+        libc.free(libc.malloc(100000))
+        libc.fclose(libc.fopen(b"/dev/null", b"w"))
+        junk = [str(j) * 10 for j in range(500)]
+        return i % 100 if junk else 255
+    return run
+
+threads = ([threading.Thread(target=hammer) for _ in range(4)]
+           + [threading.Thread(target=allocate) for _ in range(2)])
+for t in threads:
+    t.start()
+hung, wrong = [], []
+start = time.monotonic()
+try:
+    for i in range(N):
+        flags = SETS[i % len(SETS)]
+        pid = lc.clone(child(i), (1 << 20) if i % 3 == 0 else 0, flags)
+        pidfd = os.pidfd_open(pid)
+        exited = select.select([pidfd], [], [], TIMEOUT)[0]
+        os.close(pidfd)
+        if not exited:
+            with open(f"/proc/{pid}/wchan") as f:
+                hung.append((i, hex(flags), f.read()))
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, lc.WALL)
+        if exited and os.waitstatus_to_exitcode(status) != i % 100:
+            wrong.append((i, hex(flags), os.waitstatus_to_exitcode(status)))
+        if len(hung) >= MAX_HUNG:
+            break
+finally:
+    stop.set()
+    for t in threads:
+        t.join()
+print(json.dumps({"n": i + 1, "hung": hung, "wrong": wrong,
+                  "seconds": time.monotonic() - start}))
+"""
+
+# With SIGCHLD and no sharing flag, a threaded parent clones through a forked helper.
+FORK_SAFE_SETS = ["SIGCHLD", "NEWPID|SIGCHLD", "NEWUSER|SIGCHLD", "NEWNET|SIGCHLD",
+                  "NEWUSER|NEWPID|NEWNET|SIGCHLD", "NEWUTS|NEWIPC|NEWNS|SIGCHLD"]
+# Another exit signal or a flag that shares state with the caller: only without threads.
+DIRECT_SETS = ["NEWPID", "FILES|SIGCHLD", "NEWNET|SIGURG"]
+
+
+def run_stress(n: int, sets: List[str], timeout: float, max_hung: int) -> Dict[str, Any]:
+    """Run the stress script for n clones in a fresh interpreter; its report."""
+    proc = run_python(f"N, TIMEOUT, SET_NAMES, MAX_HUNG = {n}, {timeout}, {sets!r}, {max_hung}\n"
+                      + STRESS, timeout=120 + n * 0.2, cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    print(f"stress: {report['n']} clones in {report['seconds']:.1f} s, "
+          f"{len(report['hung'])} hung, {len(report['wrong'])} wrong")
+    return report
+
+
+def test_threaded_stress_quick(privileged: None) -> None:
+    report = run_stress(100, FORK_SAFE_SETS, timeout=10, max_hung=1)
+    assert (report["n"], report["hung"], report["wrong"]) == (100, [], [])
+
+
+@pytest.mark.slow
+def test_threaded_stress(privileged: None) -> None:
+    n = int(os.environ.get("LINUX_CLONE_STRESS_N", 2000))
+    report = run_stress(n, FORK_SAFE_SETS, timeout=10, max_hung=3)
+    assert (report["n"], report["hung"], report["wrong"]) == (n, [], [])
+
+
+@pytest.mark.parametrize("flags", DIRECT_SETS)
+def test_threaded_parent_refuses_what_the_fork_helper_cannot_do(flags: str) -> None:
+    # No child could exit with another signal than the helper's SIGCHLD, or share state with
+    # the caller rather than the helper: with threads running, clone() says so instead of
+    # risking a child that inherits a lock held by another thread.
+    def check() -> Tuple[str, bool]:
+        value = eval(flags, vars(linux_clone), {"SIGCHLD": SIGCHLD, "SIGURG": signal.SIGURG})
+        stop = threading.Event()
+        worker = threading.Thread(target=stop.wait)
+        worker.start()
+        try:
+            try:
+                linux_clone.clone(lambda: 0, 0, value)
+            except RuntimeError as exc:
+                message = str(exc)
+            else:
+                message = ""
+        finally:
+            stop.set()
+            worker.join()
+        pid = linux_clone.clone(lambda: 3, 0, value)  # alone again: the caller clones itself
+        return message, os.waitpid(pid, linux_clone.WALL)[1] >> 8 == 3
+
+    message, works_alone = in_child(check)
+    assert "other threads" in message
+    assert works_alone
