@@ -3,7 +3,9 @@ ioctls and bringing up `lo` -- a port of Perl's Linux::Clone."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import operator
 import os
 import signal
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -80,12 +82,15 @@ def _check_setgroups(setgroups: Optional[str]) -> None:
 
 def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[], object],
                uid_map: Optional[IdMap], gid_map: Optional[IdMap],
-               setgroups: Optional[str]) -> object:
+               setgroups: Optional[str], vfork: bool) -> object:
     """Start a child with `start`, write its id maps from the parent while it waits on a
     pipe, then let it run func.  A failure kills and reaps the child before it raises."""
     if uid_map is None and gid_map is None and setgroups is None:
         return start(func)
     _check_setgroups(setgroups)
+    if vfork:
+        raise ValueError("VFORK suspends the caller until the child execs or exits, so it "
+                         "cannot write the child's id maps: drop VFORK or the maps")
     uid_text = None if uid_map is None else _map_text(uid_map)
     gid_text = None if gid_map is None else _map_text(gid_map)
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
@@ -111,7 +116,8 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
         os.write(wfd, b"1")
     except BaseException:
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        os.waitpid(pid, WALL)  # type: ignore[arg-type]
+        with contextlib.suppress(ChildProcessError):  # with PARENT it is not ours to reap
+            os.waitpid(pid, WALL)  # type: ignore[arg-type]
         if isinstance(result, tuple):
             os.close(result[1])
         raise
@@ -137,7 +143,8 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
     setgroups: "deny" or "allow", written to /proc/<pid>/setgroups before gid_map.
     """
     return _with_maps(lambda f: _core.clone(f, stack_size, flags), func,  # type: ignore
-                      uid_map, gid_map, setgroups)
+                      uid_map, gid_map, setgroups,
+                      bool(operator.index(flags) & CloneFlag.VFORK))
 
 
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = signal.SIGCHLD,
@@ -157,7 +164,8 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = sig
     return _with_maps(lambda f: _core.clone3(f, flags, exit_signal=exit_signal,  # type: ignore
                                              stack_size=stack_size, cgroup=cgroup,
                                              set_tid=set_tid),
-                      func, uid_map, gid_map, setgroups)
+                      func, uid_map, gid_map, setgroups,
+                      bool(operator.index(flags) & CloneFlag.VFORK))
 
 
 def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]],

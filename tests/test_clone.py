@@ -521,7 +521,7 @@ def test_recursion_on_a_dedicated_stack() -> None:
             nested = [nested]
         return down(500), len(repr(nested)), len(json.dumps(nested))
 
-    assert clone_call(child, SIGCHLD, 1 << 20) == (500, 602, 602)
+    assert clone_call(child, SIGCHLD, 2 << 20) == (500, 602, 602)
 
 
 STACK_LEAK = """

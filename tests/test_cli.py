@@ -1,0 +1,224 @@
+"""python -m linux_clone, run as a user runs it: a new interpreter, pipes, no PYTHONUNBUFFERED."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import Any, List
+
+import pytest
+
+from conftest import drop_privileges, in_child, python_env
+
+NS_FILES = {"net": "net", "uts": "uts", "ipc": "ipc", "mount": "mnt", "pid": "pid",
+            "user": "user", "cgroup": "cgroup", "time": "time"}
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    # cwd="/": `python -m` puts the working directory first on sys.path, and the source
+    # tree's linux_clone (no compiled _core) must not shadow the installed one.
+    kwargs.setdefault("timeout", 60)
+    return subprocess.run([sys.executable, "-m", "linux_clone", *args], capture_output=True,
+                          text=True, env=python_env(), cwd="/", **kwargs)
+
+
+def links(ip_o_link: str) -> List[tuple]:
+    """(name, flags) of each line of `ip -o link`."""
+    return re.findall(r"^\d+: ([^:@]+)[^:]*: <([^>]*)>", ip_o_link, re.M)
+
+
+def test_net_loopback_shows_only_lo_up(privileged: None) -> None:
+    result = cli("--net", "--loopback", "--", "ip", "-o", "link")
+    assert result.returncode == 0, result.stderr
+    [(name, flags)] = links(result.stdout)
+    assert name == "lo" and "UP" in flags.split(","), result.stdout
+
+
+def test_readme_first_example(privileged: None) -> None:
+    result = cli("--net", "--loopback", "--", "ip", "addr")
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"^\d+: (\S+):", result.stdout, re.M) == ["lo"], result.stdout
+    assert ",UP," in result.stdout.splitlines()[0]
+    assert "inet 127.0.0.1/8" in result.stdout
+
+
+def test_net_alone_leaves_lo_down(privileged: None) -> None:
+    result = cli("--net", "--", "ip", "-o", "link")
+    assert result.returncode == 0, result.stderr
+    [(name, flags)] = links(result.stdout)
+    assert name == "lo" and "UP" not in flags.split(","), result.stdout
+
+
+def test_hostname_stays_in_the_new_uts_namespace(privileged: None) -> None:
+    before = socket.gethostname()
+    result = cli("--hostname", "cli-test-host", "--", "hostname")
+    assert (result.returncode, result.stdout) == (0, "cli-test-host\n"), result.stderr
+    assert socket.gethostname() == before
+
+
+def test_pid_mount_proc_is_pid_1(privileged: None) -> None:
+    result = cli("--pid", "--mount-proc", "--", "sh", "-c", "echo $$ /proc/[0-9]*")
+    assert (result.returncode, result.stdout) == (0, "1 /proc/1\n"), result.stderr
+
+
+@pytest.mark.parametrize("option", sorted(NS_FILES))
+def test_each_option_makes_a_new_namespace(privileged: None, option: str) -> None:
+    path = f"/proc/self/ns/{NS_FILES[option]}"
+    result = cli(f"--{option}", "--", "readlink", path)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\w+:\[\d+\]\n", result.stdout), result.stdout
+    assert result.stdout.strip() != os.readlink(path)
+
+
+def test_mount_does_not_propagate_back(privileged: None, tmp_path: Any) -> None:
+    """Under a shared mount (as systemd makes /), a mount made by COMMAND stays in its own
+    namespace."""
+    shared, inner = tmp_path / "shared", tmp_path / "shared" / "inner"
+
+    def run() -> tuple:
+        import linux_clone
+        linux_clone.unshare(linux_clone.NEWNS)
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+        shared.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(shared)], check=True)
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        inner.mkdir()
+        result = cli("--mount", "--", "sh", "-c",
+                     f"mount -t tmpfs none {inner} && grep -c ' {inner} ' /proc/self/mountinfo")
+        with open("/proc/self/mountinfo") as f:
+            here = f.read()
+        return result.returncode, result.stdout, result.stderr, f" {inner} " in here
+
+    returncode, stdout, stderr, leaked = in_child(run)
+    assert (returncode, stdout) == (0, "1\n"), stderr
+    assert not leaked
+
+
+def test_map_root_user_is_root_inside(privileged: None) -> None:
+    result = cli("--map-root-user", "--", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0", "0", "0", "1"]
+
+
+def cli_as_nobody(*args: str) -> tuple:
+    """main(args) in a forked child that has become uid/gid 65534: (status, stdout, stderr).
+
+    In-process, because the interpreter may live where uid 65534 cannot run it (/root)."""
+    from linux_clone.__main__ import main
+
+    def run() -> tuple:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            os.chdir("/")
+            drop_privileges()
+            # A uid change clears the dumpable flag (exec sets it again): without it the
+            # /proc/<pid> files of our children stay root's, and their id maps unwritable.
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+            status = main(list(args))
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return status, out.read(), err.read()
+
+    return in_child(run)
+
+
+def test_map_root_user_works_unprivileged(privileged: None) -> None:
+    status, stdout, stderr = cli_as_nobody(
+        "--map-root-user", "--net", "--loopback", "--", "sh", "-c",
+        "id -u; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups")
+    assert status == 0, stderr
+    assert stdout.split() == ["0", "0", "65534", "1", "0", "65534", "1", "deny"]
+
+
+def test_unprivileged_without_user_namespace_fails_cleanly(privileged: None) -> None:
+    assert cli_as_nobody("--net", "--", "true") == (
+        1, "", "linux_clone: clone: Operation not permitted\n")
+
+
+@pytest.mark.parametrize("script, status", [("exit 0", 0), ("exit 7", 7), ("exit 255", 255),
+                                            ("kill -9 $$", 128 + 9), ("kill -TERM $$", 128 + 15)])
+def test_exit_status_passes_through(script: str, status: int) -> None:
+    assert cli("--", "sh", "-c", script).returncode == status
+
+
+def test_status_read_even_when_sigchld_is_ignored() -> None:
+    """An inherited SIG_IGN for SIGCHLD would let the kernel reap COMMAND unseen."""
+    result = cli("--", "sh", "-c", "exit 7",
+                 preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    assert result.returncode == 7, result.stderr
+
+
+def test_missing_command() -> None:
+    result = cli("--", "no-such-command")
+    assert (result.returncode, result.stdout) == (127, "")
+    assert result.stderr == "linux_clone: no-such-command: No such file or directory\n"
+
+
+def test_command_not_executable(tmp_path: Any) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    result = cli("--", str(script))
+    assert result.returncode == 126
+    assert result.stderr == f"linux_clone: {script}: Permission denied\n"
+
+
+def test_setup_failure_is_reported(privileged: None) -> None:
+    result = cli("--hostname", "x" * 100, "--", "true")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "linux_clone: set the hostname: Invalid argument\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus", "--", "true"], "unrecognized arguments: --bogus"),
+    ([], "a COMMAND is required"),
+    (["--net", "--"], "a COMMAND is required"),
+    (["--hostname"], "argument --hostname: expected one argument"),
+])
+def test_bad_options(args: List[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python -m linux_clone")
+    assert result.stderr.rstrip().endswith(message)
+
+
+def test_arguments_after_double_dash_belong_to_command() -> None:
+    result = cli("--", "sh", "-c", 'echo "$@"', "sh", "--net", "--", "-x")
+    assert (result.returncode, result.stdout) == (0, "--net -- -x\n"), result.stderr
+
+
+def test_interrupt_is_for_the_command() -> None:
+    """As with system(): ^C and ^\\ sent to linux_clone alone do not stop it waiting; sent to
+    the whole process group (as a terminal sends them) they kill COMMAND, and the status says
+    so."""
+    def start(script: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "linux_clone", "--", "sh", "-c", script],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=python_env(), cwd="/", start_new_session=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        return proc
+
+    # COMMAND waits for its stdin to close, after the signals have reached linux_clone.
+    with start("echo ready; read line; exit 3") as proc:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGQUIT)
+        proc.stdin.close()  # type: ignore[union-attr]
+        assert proc.wait(timeout=60) == 3
+
+    with start("echo ready; exec sleep 60") as proc:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=30) == 128 + signal.SIGINT
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
