@@ -135,9 +135,13 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
         status, an uncaught exception prints its traceback and exits 1, SystemExit acts as at
         the top level of a script.
     stack_size: 0 runs the child on a copy of the caller's stack, as after fork(); else the
-        size of a dedicated stack (rounded up to pages, with a guard page).
+        size of a dedicated stack, at least 64 KiB (rounded up to pages, with a guard page);
+        the interpreter's recursion limits are fitted to it.
     flags: CloneFlag namespace and sharing bits, or'ed with the exit signal (low byte,
-        SIGCHLD by default); with PIDFD the result is (pid, pidfd).
+        SIGCHLD by default); with PIDFD the result is (pid, pidfd).  With other threads
+        running, only SIGCHLD and no sharing flag (FILES, FS, SYSVSEM, IO, PARENT): the child
+        is then cloned by a forked helper, so it inherits no lock another thread holds;
+        anything else is a RuntimeError.
     uid_map, gid_map: with NEWUSER, the child's id maps ("inner outer count" lines or
         (inner, outer, count) tuples), written by the parent before func runs.
     setgroups: "deny" or "allow", written to /proc/<pid>/setgroups before gid_map.
