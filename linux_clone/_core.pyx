@@ -754,9 +754,9 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
     try:
         return _clone(func, _index(stack_size), c_flags, c_exit_signal, &args)
     except OSError as exc:
-        if group is not None and group.path is not None and exc.filename is None:
-            exc.filename = group.path
-        raise
+        if group is None or group.path is None or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, group.path) from None
     finally:
         if group is not None:
             group.release()
@@ -875,6 +875,9 @@ cdef int _spawn_child(void *arg) noexcept nogil:
 
 
 SPAWN_STACK_SIZE = 64 * 1024
+cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
+                                        | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
+                                        | CLONE_NEWTIME | CLONE_PIDFD)
 
 
 def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
@@ -899,10 +902,9 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
         raise ValueError("argv must not be empty")
     if env is not None and not hasattr(env, "items"):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
-    if ns_flags & (_NOT_FOR_PYTHON | CLONE_VFORK | CSIGNAL) & ~CLONE_NEWTIME:
-        raise ValueError("spawn() takes namespace flags only; VM and VFORK are its own")
-    if ns_flags >> 32:
-        raise ValueError("spawn() uses clone(2), which has no flags above bit 31")
+    if ns_flags & ~_SPAWN_FLAGS:
+        raise ValueError("spawn() takes the NEW* namespace flags and PIDFD only: its child "
+                         "shares the caller's memory until execve, and nothing after it")
     pidfd = pidfd or (ns_flags & CLONE_PIDFD) != 0
     if hostname is not None and not ns_flags & CLONE_NEWUTS:
         raise ValueError("hostname needs NEWUTS in flags")

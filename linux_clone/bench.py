@@ -38,6 +38,7 @@ COLUMNS = [RAW, CIMPORT, LC, "os", "ctypes", "fcntl", "subprocess", "lxns", "pyr
 
 # <linux/sockios.h>, <net/if.h>: for the stdlib way to bring up lo.
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+_os: Any = os  # os.setns and os.unshare exist from Python 3.12 on
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name, ifr_flags, rest of the union
 
 
@@ -245,7 +246,7 @@ def measure_setns(settings: Settings) -> Measured:
             LC: "linux_clone.setns(fd, NEWNET) ×2"}
     skipped = {}
     if hasattr(os, "setns"):
-        loops["os"] = _round_trip(os.setns, there, here, os.CLONE_NEWNET)  # type: ignore
+        loops["os"] = _round_trip(_os.setns, there, here, _os.CLONE_NEWNET)
         what["os"] = "os.setns(fd, CLONE_NEWNET) ×2"
     else:
         skipped["os"] = _os_needs_312("setns")
@@ -284,7 +285,7 @@ def measure_unshare(settings: Settings) -> Measured:
             LC: "linux_clone.unshare(NEWUTS)"}
     skipped = {}
     if hasattr(os, "unshare"):
-        loops["os"] = _loop1(os.unshare, os.CLONE_NEWUTS)  # type: ignore[attr-defined]
+        loops["os"] = _loop1(_os.unshare, _os.CLONE_NEWUTS)
         what["os"] = "os.unshare(CLONE_NEWUTS)"
     else:
         skipped["os"] = _os_needs_312("unshare")

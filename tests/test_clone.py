@@ -958,6 +958,10 @@ def test_threaded_parent_refuses_what_the_fork_helper_cannot_do(flags: str) -> N
         finally:
             stop.set()
             worker.join()
+        # join() returns before the kernel has removed the thread's task: wait for that.
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
         pid = linux_clone.clone(lambda: 3, 0, value)  # alone again: the caller clones itself
         return message, os.waitpid(pid, linux_clone.WALL)[1] >> 8 == 3
 

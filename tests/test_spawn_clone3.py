@@ -1,0 +1,1017 @@
+"""clone3() (exit signals, pidfds, cgroups, set_tid, id maps) and spawn() (programs in new
+namespaces, exec errors, signals, threads, fds), each checked against the kernel's answer."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pathlib
+import pickle
+import signal
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import linux_clone
+from linux_clone import (
+    FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
+    PARENT, PIDFD, WALL,
+)
+from conftest import drop_privileges, in_child, run_python
+
+NOBODY = 65534
+HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
+needs_time_ns = pytest.mark.skipif(not HAS_TIME_NS, reason="kernel without time namespaces")
+BAD_MAP = "0 1000 10\n5 2000 10"  # overlapping ranges: the kernel refuses it with EINVAL
+
+
+# ---- helpers ----
+
+def wait_code(pid: int, options: int = 0) -> int:
+    """Reap `pid`; its exit code as subprocess reports it (-N: killed by signal N)."""
+    _, status = os.waitpid(pid, options)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def children_of(pid: int) -> List[int]:
+    """The pids whose parent is `pid` (zombies included), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def no_children_left() -> bool:
+    """True when this process has no child at all, running or zombie."""
+    try:
+        os.waitpid(-1, os.WNOHANG | WALL)
+    except ChildProcessError:
+        return children_of(os.getpid()) == []
+    return False
+
+
+def raises_cleanly(call: Callable[[], Any]) -> Tuple[BaseException, bool, int]:
+    """In a forked child: call() must raise.  The exception, whether no process is left behind,
+    and how many fds the call leaked."""
+    def attempt() -> Tuple[BaseException, Any, bool, int]:
+        before = fd_count()
+        try:
+            call()
+        except BaseException as exc:
+            raised = exc
+        else:
+            raise AssertionError("the call did not raise")
+        return raised, getattr(raised, "filename", None), no_children_left(), fd_count() - before
+
+    exc, filename, clean, leaked = in_child(attempt)
+    if isinstance(exc, OSError):
+        exc.filename = filename  # set after construction, so pickling drops it
+    return exc, clean, leaked
+
+
+def clone3_call(func: Callable[[], Any], flags: int = 0, **kwargs: Any) -> Any:
+    """Call func() in a clone3 child and return what it returned (pickled through a pipe)."""
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(rfd)
+        data = pickle.dumps(func())
+        with os.fdopen(wfd, "wb") as f:
+            f.write(data)
+        return 0
+
+    try:
+        result = linux_clone.clone3(child, flags, **kwargs)
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    if isinstance(result, tuple):
+        os.close(result[1])
+        result = result[0]
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    code = wait_code(result, WALL)
+    assert code == 0, f"clone3 child exited with {code} (its traceback is on stderr)"
+    return pickle.loads(data)
+
+
+@contextlib.contextmanager
+def stdout_to_pipe() -> Iterator[int]:
+    """Point fd 1 at a pipe inside the block (spawned programs inherit it); yields the read
+    end, which the caller reads and closes after the block."""
+    rfd, wfd = os.pipe()
+    saved = os.dup(1)
+    os.dup2(wfd, 1)
+    os.close(wfd)
+    try:
+        yield rfd
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def spawn_output(argv: List[Any], flags: int = 0, **kwargs: Any) -> Tuple[int, str]:
+    """Spawn argv with its stdout on a pipe; (exit code, what it wrote)."""
+    with stdout_to_pipe() as rfd:
+        try:
+            result = linux_clone.spawn(argv, flags, **kwargs)
+        except BaseException:
+            os.close(rfd)
+            raise
+    with os.fdopen(rfd, "rb") as f:
+        out = f.read().decode("utf-8", "surrogateescape")
+    if isinstance(result, tuple):
+        os.close(result[1])
+        result = result[0]
+    return wait_code(result), out
+
+
+@contextlib.contextmanager
+def running_threads(n: int) -> Iterator[None]:
+    """n Python threads that keep running (taking and dropping the GIL) inside the block."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(200))
+            time.sleep(0.0002)
+
+    threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def ns_link(kind: str, pid: Any = "self") -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def cgroup2_mount() -> Optional[str]:
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == "cgroup2":
+                return fields[1]
+    return None
+
+
+def cgroup_v2_line(pid: Any = "self") -> List[str]:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return [line.rstrip("\n") for line in f if line.startswith("0::")]
+
+
+@pytest.fixture
+def cgroup_dir(privileged: None) -> Iterator[Tuple[str, str]]:
+    """A new cgroup v2 directory and the "0::/..." line of a process inside it; removed
+    after the test (its children are reaped by then)."""
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup2 mount")
+    path = os.path.join(mount, f"linux_clone-test-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        yield path, "0::/" + os.path.relpath(path, mount)
+    finally:
+        for _ in range(200):
+            try:
+                os.rmdir(path)
+                break
+            except OSError as exc:  # EBUSY until the last exited member is released
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.005)
+
+
+def free_pid() -> int:
+    """A pid no process or thread has, near the top of the range (where the kernel's cyclic
+    allocator seldom is)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    for pid in range(pid_max - 50, 1000, -13):
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+    raise AssertionError("no free pid")
+
+
+# ==== clone3 ====
+
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("value, code", [(0, 0), (42, 42), (None, 0), (300, 300 & 0xFF)])
+def test_clone3_exit_status(value: Any, code: int, stack_size: int) -> None:
+    pid = linux_clone.clone3(lambda: value, stack_size=stack_size)
+    assert isinstance(pid, int)
+    assert wait_code(pid) == code
+
+
+NS_KINDS = ["net", "uts", "ipc", "mnt", "user", "pid", "pid_for_children",
+            *(["time", "time_for_children"] if HAS_TIME_NS else [])]
+NEW_NAMESPACES = [
+    pytest.param(NEWNET, {"net"}, id="net"),
+    pytest.param(NEWUTS, {"uts"}, id="uts"),
+    pytest.param(NEWPID, {"pid", "pid_for_children"}, id="pid"),
+    pytest.param(NEWTIME, {"time", "time_for_children"}, id="time", marks=needs_time_ns),
+    pytest.param(NEWUSER, {"user"}, id="user"),
+    pytest.param(NEWNET | NEWUTS | NEWPID, {"net", "uts", "pid", "pid_for_children"},
+                 id="net+uts+pid"),
+]
+
+
+@pytest.mark.parametrize("flag, changed", NEW_NAMESPACES)
+def test_clone3_namespace_flags_give_new_namespaces(flag: int, changed: set,
+                                                    privileged: None) -> None:
+    mine = {kind: ns_link(kind) for kind in NS_KINDS}
+    theirs = clone3_call(lambda: {kind: ns_link(kind) for kind in NS_KINDS}, flag)
+    assert {kind for kind in NS_KINDS if theirs[kind] != mine[kind]} == changed
+    assert {kind: ns_link(kind) for kind in NS_KINDS} == mine
+
+
+def test_clone3_exit_signal_0_is_reaped_with_wall() -> None:
+    pid = linux_clone.clone3(lambda: 5, exit_signal=0)
+    try:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # no exit signal: waitpid sees it only with WALL
+    finally:
+        assert wait_code(pid, WALL) == 5
+
+
+def test_clone3_exit_signal_is_the_one_sent() -> None:
+    def run() -> Tuple[int, set]:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGCHLD})
+        pid = linux_clone.clone3(lambda: 4, exit_signal=signal.SIGUSR2)
+        code = wait_code(pid, WALL)
+        return code, signal.sigpending()
+
+    code, pending = in_child(run)
+    assert code == 4
+    assert signal.SIGUSR2 in pending and signal.SIGCHLD not in pending
+
+
+@pytest.mark.parametrize("flags, exit_signal, options", [
+    pytest.param(PIDFD, signal.SIGCHLD, 0, id="sigchld"),
+    pytest.param(PIDFD, 0, WALL, id="exit-signal-0"),
+    pytest.param(PIDFD | NEWPID, 0, WALL, id="newpid"),
+])
+def test_clone3_pidfd(flags: int, exit_signal: int, options: int, request: Any) -> None:
+    if flags & NEWPID:
+        request.getfixturevalue("privileged")
+    result = linux_clone.clone3(lambda: 17, flags, exit_signal=exit_signal)
+    assert isinstance(result, tuple) and len(result) == 2
+    pid, pidfd = result
+    try:
+        assert not os.get_inheritable(pidfd)
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            assert f"Pid:\t{pid}\n" in f.read()
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | options)
+    finally:
+        os.close(pidfd)
+    assert info is not None
+    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 17)
+
+
+# ---- cgroup ----
+
+class _FileNo:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@pytest.mark.parametrize("form", ["str", "bytes", "pathlib"])
+@pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
+def test_clone3_into_cgroup_by_path(form: str, threads: int,
+                                    cgroup_dir: Tuple[str, str]) -> None:
+    path, line = cgroup_dir
+    group: Any = {"str": path, "bytes": os.fsencode(path), "pathlib": pathlib.Path(path)}[form]
+    mine = cgroup_v2_line()
+    before = fd_count()
+    with running_threads(threads):
+        theirs = clone3_call(cgroup_v2_line, cgroup=group)
+    assert theirs == [line] != mine
+    assert cgroup_v2_line() == mine
+    assert fd_count() == before  # the path was opened and closed again
+
+
+@pytest.mark.parametrize("wrap", [int, _FileNo], ids=["int", "fileno"])
+@pytest.mark.parametrize("flags", [0, INTO_CGROUP, PIDFD])
+def test_clone3_into_cgroup_by_fd(wrap: Any, flags: int, cgroup_dir: Tuple[str, str]) -> None:
+    path, line = cgroup_dir
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    rfd, wfd = os.pipe()
+    try:
+        def child() -> int:
+            os.close(wfd)
+            os.read(rfd, 1)
+            return 0
+
+        result = linux_clone.clone3(child, flags, cgroup=wrap(fd))
+        pid = result[0] if isinstance(result, tuple) else result
+        if isinstance(result, tuple):
+            os.close(result[1])
+        try:
+            seen = cgroup_v2_line(pid)  # read by the parent while the child waits
+        finally:
+            os.write(wfd, b"g")
+            code = wait_code(pid)
+        os.fstat(fd)  # the caller's fd stays open
+    finally:
+        os.close(fd)
+        os.close(rfd)
+        os.close(wfd)
+    assert (seen, code) == ([line], 0)
+
+
+def test_clone3_into_cgroup_with_newcgroup(cgroup_dir: Tuple[str, str]) -> None:
+    # The new cgroup namespace is rooted where the child starts: inside the new cgroup.
+    path, line = cgroup_dir
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(rfd)
+        os.write(wfd, "\n".join(cgroup_v2_line()).encode())
+        return 0
+
+    pid = linux_clone.clone3(child, NEWCGROUP, cgroup=path)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        inside = f.read().decode()
+    assert wait_code(pid) == 0
+    assert inside == "0::/"
+
+
+@pytest.mark.parametrize("kind", ["plain-dir", "missing", "plain-dir-fd", "closed-fd"])
+def test_clone3_cgroup_that_is_not_one(kind: str, tmp_path: pathlib.Path) -> None:
+    missing = str(tmp_path / "missing")
+    if kind == "plain-dir":
+        group: Any = str(tmp_path)
+        want: Tuple[Any, int, Any] = (OSError, errno.EBADF, str(tmp_path))
+    elif kind == "missing":
+        group, want = missing, (FileNotFoundError, errno.ENOENT, missing)
+    elif kind == "plain-dir-fd":
+        group, want = None, (OSError, errno.EBADF, None)
+    else:
+        group, want = 1000, (OSError, errno.EBADF, None)
+
+    def call() -> None:
+        cgroup = group if group is not None else os.open(tmp_path, os.O_RDONLY)
+        try:
+            linux_clone.clone3(lambda: os._exit(0), cgroup=cgroup)
+        finally:
+            if group is None:
+                os.close(cgroup)
+
+    exc, clean, leaked = raises_cleanly(call)
+    assert isinstance(exc, want[0])
+    assert (exc.errno, exc.filename) == want[1:]  # type: ignore[attr-defined]
+    assert clean and leaked == 0
+
+
+def test_clone3_into_cgroup_flag_without_cgroup() -> None:
+    exc, clean, leaked = raises_cleanly(lambda: linux_clone.clone3(lambda: 0, INTO_CGROUP))
+    assert isinstance(exc, ValueError) and "cgroup" in str(exc)
+    assert clean and leaked == 0
+
+
+# ---- set_tid ----
+
+def test_set_tid_1_in_a_new_pid_namespace(privileged: None) -> None:
+    assert clone3_call(lambda: (os.getpid(), os.getppid()), NEWPID, set_tid=[1]) == (1, 0)
+
+
+def test_set_tid_chooses_the_pid_at_each_level(privileged: None) -> None:
+    want = free_pid()
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(wfd)
+        os.read(rfd, 1)
+        return 0 if os.getpid() == 1 else 1
+
+    pid = linux_clone.clone3(child, NEWPID, set_tid=[1, want])
+    os.close(rfd)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = [line.split()[1:] for line in f if line.startswith("NSpid:")]
+    finally:
+        os.write(wfd, b"g")
+        os.close(wfd)
+        code = wait_code(pid)
+    assert pid == want
+    assert nspid == [[str(want), "1"]]
+    assert code == 0
+
+
+def test_set_tid_without_a_new_pid_namespace(privileged: None) -> None:
+    want = free_pid()
+    pid = linux_clone.clone3(lambda: 0 if os.getpid() == want else 1, set_tid=(want,))
+    assert pid == want
+    assert wait_code(pid) == 0
+
+
+@pytest.mark.parametrize("flags, set_tid, exc_type, err", [
+    pytest.param(0, [1] * 33, ValueError, None, id="33-levels"),
+    pytest.param(0, {1}, TypeError, None, id="set"),
+    pytest.param(0, {1: 1}, TypeError, None, id="dict"),
+    pytest.param(0, [1.0], TypeError, None, id="float"),
+    pytest.param(0, "1", TypeError, None, id="str"),
+    pytest.param(0, "self", FileExistsError, errno.EEXIST, id="used-pid"),
+    pytest.param(0, [1], FileExistsError, errno.EEXIST, id="init's-pid"),
+    pytest.param(0, [1, 1], OSError, errno.EINVAL, id="more-levels-than-namespaces"),
+    pytest.param(NEWPID, [5], OSError, errno.EINVAL, id="first-pid-not-1"),
+    pytest.param(NEWPID, [1, 0], OSError, errno.EINVAL, id="pid-0"),
+])
+def test_bad_set_tid(flags: int, set_tid: Any, exc_type: type, err: Any,
+                     privileged: None) -> None:
+    tids = [os.getpid()] if set_tid == "self" else set_tid
+    exc, clean, leaked = raises_cleanly(
+        lambda: linux_clone.clone3(lambda: 0, flags, set_tid=tids))
+    assert type(exc) is exc_type
+    assert getattr(exc, "errno", None) == err
+    assert clean and leaked == 0
+
+
+def test_set_tid_unprivileged(privileged: None) -> None:
+    # Choosing a pid needs CAP_CHECKPOINT_RESTORE over the pid namespace: a user has it in a
+    # pid namespace its own new user namespace owns, not in the outer one.
+    def attempt() -> Any:
+        drop_privileges(NOBODY, NOBODY)
+        inner = clone3_call(os.getpid, NEWUSER | NEWPID, set_tid=[1])
+        refused = []
+        for flags, tids in ((0, [free_pid()]), (NEWUSER | NEWPID, [1, free_pid()])):
+            try:
+                linux_clone.clone3(lambda: 0, flags, set_tid=tids)
+            except OSError as exc:
+                refused.append(exc.errno)
+        return inner, refused, no_children_left()
+
+    assert in_child(attempt) == (1, [errno.EPERM, errno.EPERM], True)
+
+
+# ---- id maps ----
+
+def _ids_and_maps() -> Tuple[int, int, List[List[str]], List[List[str]]]:
+    maps = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/self/{name}") as f:
+            maps.append([line.split() for line in f])
+    return os.getuid(), os.getgid(), maps[0], maps[1]
+
+
+def test_clone3_id_maps_as_root(privileged: None) -> None:
+    # The caller's uid and gid 0 appear as 5 and 7 inside; unmapped they would be 65534.
+    assert clone3_call(_ids_and_maps, NEWUSER | NEWPID, uid_map="5 0 1\n0 1000 2",
+                       gid_map=[(7, 0, 1), (1, 3000, 5)]) == (
+        5, 7, [["5", "0", "1"], ["0", "1000", "2"]], [["7", "0", "1"], ["1", "3000", "5"]])
+    assert clone3_call(_ids_and_maps, NEWUSER, uid_map="0 0 1", gid_map="0 0 1")[:2] == (0, 0)
+
+
+def test_clone3_id_maps_unprivileged(privileged: None) -> None:
+    def attempt() -> Any:
+        drop_privileges(NOBODY, NOBODY)
+        return clone3_call(_ids_and_maps, NEWUSER, uid_map=f"0 {NOBODY} 1",
+                           gid_map=f"0 {NOBODY} 1", setgroups="deny"), no_children_left()
+
+    assert in_child(attempt) == (
+        (0, 0, [["0", str(NOBODY), "1"]], [["0", str(NOBODY), "1"]]), True)
+
+
+@pytest.mark.parametrize("flags", [NEWUSER, NEWUSER | PIDFD])
+def test_clone3_bad_map_reaps_the_child(flags: int, privileged: None,
+                                        tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "ran"
+    exc, clean, leaked = raises_cleanly(
+        lambda: linux_clone.clone3(lambda: marker.touch(), flags, uid_map=BAD_MAP))
+    assert isinstance(exc, OSError) and exc.errno == errno.EINVAL
+    assert clean and leaked == 0
+    assert not marker.exists(), "func ran in spite of the failed map"
+
+
+# ---- bad arguments ----
+
+@pytest.mark.parametrize("args, kwargs, exc_type", [
+    pytest.param((), {"exit_signal": 65}, ValueError, id="exit-signal-65"),
+    pytest.param((), {"exit_signal": -1}, ValueError, id="exit-signal--1"),
+    pytest.param((), {"exit_signal": 15.0}, TypeError, id="exit-signal-float"),
+    pytest.param((1.0,), {}, TypeError, id="flags-float"),
+    pytest.param((NEWNET * 1.0,), {}, TypeError, id="flags-float-newnet"),
+    pytest.param(("0",), {}, TypeError, id="flags-str"),
+    pytest.param((linux_clone.VM,), {}, ValueError, id="VM"),
+    pytest.param((linux_clone.THREAD,), {}, ValueError, id="THREAD"),
+    pytest.param((), {"stack_size": 4096}, ValueError, id="stack-too-small"),
+    pytest.param((), {"setgroups": "no"}, ValueError, id="setgroups"),
+])
+def test_clone3_bad_arguments(args: tuple, kwargs: Dict[str, Any], exc_type: type) -> None:
+    exc, clean, leaked = raises_cleanly(lambda: linux_clone.clone3(lambda: 0, *args, **kwargs))
+    assert type(exc) is exc_type
+    assert clean and leaked == 0
+
+
+def test_clone3_exit_signal_65_message() -> None:
+    with pytest.raises(ValueError, match="exit signal 65 is not a signal number"):
+        linux_clone.clone3(lambda: 0, exit_signal=65)
+
+
+# ==== spawn ====
+
+def test_spawn_runs_the_program() -> None:
+    assert spawn_output(["/bin/sh", "-c", 'echo "$0 $1"; exit 7', "zero", "one"]) == (
+        7, "zero one\n")
+
+
+SPAWN_NS = [
+    pytest.param(NEWNET, {"net"}, id="net"),
+    pytest.param(NEWUTS, {"uts"}, id="uts"),
+    pytest.param(NEWIPC, {"ipc"}, id="ipc"),
+    pytest.param(NEWNS, {"mnt"}, id="mnt"),
+    pytest.param(NEWUSER, {"user"}, id="user"),
+    pytest.param(NEWCGROUP, {"cgroup"}, id="cgroup"),
+    pytest.param(NEWNET | NEWUTS | NEWIPC, {"net", "uts", "ipc"}, id="net+uts+ipc"),
+]
+SPAWN_KINDS = ["net", "uts", "ipc", "mnt", "user", "cgroup"]
+
+
+@pytest.mark.parametrize("flags, changed", SPAWN_NS)
+def test_spawn_program_runs_in_new_namespaces(flags: int, changed: set,
+                                              privileged: None) -> None:
+    mine = [ns_link(kind) for kind in SPAWN_KINDS]
+    code, out = spawn_output(["readlink", *(f"/proc/self/ns/{kind}" for kind in SPAWN_KINDS)],
+                             flags)
+    theirs = out.split()
+    assert code == 0 and len(theirs) == len(SPAWN_KINDS)
+    assert {kind for kind, a, b in zip(SPAWN_KINDS, mine, theirs) if a != b} == changed
+    assert [ns_link(kind) for kind in SPAWN_KINDS] == mine
+
+
+def test_spawn_hostname(privileged: None) -> None:
+    before = socket.gethostname()
+    assert spawn_output(["uname", "-n"], NEWUTS, hostname="lc-spawn-test") == (
+        0, "lc-spawn-test\n")
+    assert spawn_output(["uname", "-n"], NEWUTS) == (0, before + "\n")
+    assert socket.gethostname() == before != "lc-spawn-test"
+
+
+@pytest.mark.parametrize("loopback", [True, False])
+def test_spawn_loopback(loopback: bool, privileged: None) -> None:
+    code, out = spawn_output(["ip", "-o", "link", "show", "lo"], NEWNET, loopback=loopback)
+    assert code == 0
+    link_flags = out[out.index("<") + 1:out.index(">")].split(",")
+    assert ("UP" in link_flags) == loopback
+
+
+def test_spawn_newpid_program_is_pid_1(privileged: None) -> None:
+    assert spawn_output(["/bin/sh", "-c", "echo $$ $PPID"], NEWPID) == (0, "1 0\n")
+
+
+@needs_time_ns
+def test_spawn_newtime(privileged: None) -> None:
+    mine = (ns_link("time"), ns_link("time_for_children"))
+    code, out = spawn_output(["readlink", "/proc/self/ns/time",
+                              "/proc/self/ns/time_for_children"], NEWTIME)
+    time_ns, for_children = out.split()
+    assert code == 0
+    assert time_ns == for_children and time_ns not in mine and time_ns.startswith("time:")
+    assert (ns_link("time"), ns_link("time_for_children")) == mine
+
+
+ID_SCRIPT = "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map"
+
+
+@pytest.mark.parametrize("inner_uid, inner_gid", [(0, 0), (5, 7)])
+def test_spawn_id_maps_as_root(inner_uid: int, inner_gid: int, privileged: None) -> None:
+    code, out = spawn_output(["/bin/sh", "-c", ID_SCRIPT], NEWUSER,
+                             uid_map=f"{inner_uid} 0 1\n100 1000 2",
+                             gid_map=[(inner_gid, 0, 1)])
+    lines = [line.split() for line in out.splitlines()]
+    assert code == 0
+    assert lines == [[str(inner_uid)], [str(inner_gid)], [str(inner_uid), "0", "1"],
+                     ["100", "1000", "2"], [str(inner_gid), "0", "1"]]
+    assert spawn_output(["id", "-u"], NEWUSER) == (0, f"{NOBODY}\n")  # unmapped
+
+
+def test_spawn_id_maps_unprivileged(privileged: None) -> None:
+    def attempt() -> Any:
+        drop_privileges(NOBODY, NOBODY)
+        mapped = spawn_output(["/usr/bin/id", "-u"], NEWUSER, uid_map=f"0 {NOBODY} 1",
+                              gid_map=f"0 {NOBODY} 1")
+        both = spawn_output(["/bin/sh", "-c", ID_SCRIPT], NEWUSER | NEWNET,
+                            uid_map=f"0 {NOBODY} 1", gid_map=f"0 {NOBODY} 1")
+        unmapped = spawn_output(["/usr/bin/id", "-u"], NEWUSER)
+        return mapped, both, unmapped, no_children_left()
+
+    mapped, (code, out), unmapped, clean = in_child(attempt)
+    assert mapped == (0, "0\n")
+    assert code == 0 and [line.split() for line in out.splitlines()] == [
+        ["0"], ["0"], ["0", str(NOBODY), "1"], ["0", str(NOBODY), "1"]]
+    assert unmapped == (0, f"{NOBODY}\n")  # no map: the overflow uid
+    assert clean
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"A": "1", "B": "x y", "EMPTY": ""}, ["A=1", "B=x y", "EMPTY="]),
+    ({}, []),
+    ({b"BYTES": b"\xff"}, ["BYTES=\udcff"]),
+])
+def test_spawn_env_is_exactly_the_environment(env: Dict[Any, Any], expected: List[str]) -> None:
+    code, out = spawn_output(["/usr/bin/env"], env=env)
+    assert code == 0
+    assert sorted(out.splitlines()) == expected
+
+
+def test_spawn_env_default_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LC_SPAWN_MARK", "inherited")
+    code, out = spawn_output(["/usr/bin/env"])
+    assert code == 0 and "LC_SPAWN_MARK=inherited" in out.splitlines()
+
+
+@pytest.mark.parametrize("form", [str, os.fsencode, pathlib.Path])
+def test_spawn_cwd(form: Callable[[str], Any], tmp_path: pathlib.Path) -> None:
+    before = os.getcwd()
+    assert spawn_output(["pwd", "-P"], cwd=form(str(tmp_path))) == (
+        0, os.path.realpath(tmp_path) + "\n")
+    assert os.getcwd() == before
+
+
+def _program(path: pathlib.Path, text: str, mode: int = 0o755) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {text} \"$@\"\n")
+    path.chmod(mode)
+
+
+def test_spawn_searches_path(tmp_path: pathlib.Path) -> None:
+    # As execvp does: a directory without it and a non-executable file are passed over.
+    _program(tmp_path / "a" / "lc-prog", "from-a", mode=0o644)
+    _program(tmp_path / "b" / "lc-prog", "from-b")
+    _program(tmp_path / "c" / "lc-prog", "from-c")
+    path = f"{tmp_path / 'none'}:{tmp_path / 'a'}:{tmp_path / 'b'}:{tmp_path / 'c'}"
+    assert spawn_output(["lc-prog", "x"], env={"PATH": path}) == (0, "from-b x\n")
+    # With a slash, no search: relative to cwd.
+    assert spawn_output(["./c/lc-prog"], cwd=tmp_path, env={"PATH": path}) == (0, "from-c\n")
+
+
+def test_spawn_default_path_from_os_environ(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: pathlib.Path) -> None:
+    _program(tmp_path / "lc-prog", "found")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert spawn_output(["lc-prog"]) == (0, "found\n")
+
+
+@pytest.mark.parametrize("how", ["pidfd=True", "PIDFD", "pidfd-with-maps"])
+def test_spawn_pidfd(how: str, request: Any) -> None:
+    kwargs: Dict[str, Any] = {"pidfd": True} if how != "PIDFD" else {}
+    flags = PIDFD if how == "PIDFD" else 0
+    if how == "pidfd-with-maps":
+        request.getfixturevalue("privileged")
+        flags, kwargs["uid_map"] = NEWUSER, "0 0 1"
+    result = linux_clone.spawn(["/bin/sh", "-c", "exit 9"], flags, **kwargs)
+    assert isinstance(result, tuple) and len(result) == 2
+    pid, pidfd = result
+    try:
+        assert not os.get_inheritable(pidfd)
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            assert f"Pid:\t{pid}\n" in f.read()
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)
+    assert info is not None
+    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 9)
+
+
+def test_spawn_without_pidfd_returns_a_pid() -> None:
+    pid = linux_clone.spawn(["/bin/true"])
+    assert isinstance(pid, int) and wait_code(pid) == 0
+
+
+# ---- exec and setup errors arrive as the OSError they were ----
+
+EXEC_ERRORS = [
+    pytest.param("missing", FileNotFoundError, errno.ENOENT, id="missing"),
+    pytest.param("missing-in-path", FileNotFoundError, errno.ENOENT, id="missing-in-path"),
+    pytest.param("not-executable", PermissionError, errno.EACCES, id="not-executable"),
+    pytest.param("not-executable-in-path", PermissionError, errno.EACCES,
+                 id="not-executable-in-path"),
+    pytest.param("directory", PermissionError, errno.EACCES, id="directory"),
+    pytest.param("under-a-file", NotADirectoryError, errno.ENOTDIR, id="under-a-file"),
+]
+
+
+@pytest.mark.parametrize("maps", [False, True], ids=["vfork", "with-maps"])
+@pytest.mark.parametrize("kind, exc_type, err", EXEC_ERRORS)
+def test_spawn_exec_error(kind: str, exc_type: type, err: int, maps: bool,
+                          tmp_path: pathlib.Path, request: Any) -> None:
+    if maps:
+        request.getfixturevalue("privileged")
+    _program(tmp_path / "bin" / "plain", "never", mode=0o644)
+    program = {"missing": str(tmp_path / "missing"), "missing-in-path": "lc-missing",
+               "not-executable": str(tmp_path / "bin" / "plain"),
+               "not-executable-in-path": "plain", "directory": str(tmp_path),
+               "under-a-file": str(tmp_path / "bin" / "plain" / "x")}[kind]
+    kwargs: Dict[str, Any] = {"env": {"PATH": f"{tmp_path}:{tmp_path / 'bin'}"}}
+    if maps:
+        kwargs["uid_map"] = "0 0 1"
+    exc, clean, leaked = raises_cleanly(
+        lambda: linux_clone.spawn([program, "arg"], NEWUSER if maps else 0, **kwargs))
+    assert type(exc) is exc_type
+    assert (exc.errno, exc.filename) == (err, program)  # type: ignore[attr-defined]
+    assert clean, "a child (or zombie) was left behind"
+    assert leaked == 0
+
+
+@pytest.mark.parametrize("kind, exc_type, err", [
+    ("missing", FileNotFoundError, errno.ENOENT),
+    ("file", NotADirectoryError, errno.ENOTDIR),
+])
+def test_spawn_cwd_error(kind: str, exc_type: type, err: int, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "file").write_text("")
+    cwd = str(tmp_path / kind)
+    exc, clean, leaked = raises_cleanly(lambda: linux_clone.spawn(["/bin/true"], cwd=cwd))
+    assert type(exc) is exc_type
+    assert (exc.errno, exc.filename) == (err, cwd)  # type: ignore[attr-defined]
+    assert clean and leaked == 0
+
+
+def test_spawn_bad_map_kills_before_exec(privileged: None, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "ran"
+    exc, clean, leaked = raises_cleanly(
+        lambda: linux_clone.spawn(["/usr/bin/touch", str(marker)], NEWUSER, uid_map=BAD_MAP,
+                                  pidfd=True))
+    assert isinstance(exc, OSError) and exc.errno == errno.EINVAL
+    assert clean and leaked == 0
+    assert not marker.exists(), "the program ran in spite of the failed map"
+
+
+def test_spawn_unprivileged_newnet_is_permission_error(privileged: None) -> None:
+    def attempt() -> Any:
+        drop_privileges(NOBODY, NOBODY)
+        before = fd_count()
+        try:
+            linux_clone.spawn(["/bin/true"], NEWNET)
+        except PermissionError as exc:
+            raised: Any = exc.errno
+        else:
+            raised = None
+        # ... and works in a new user namespace, which the user owns.
+        works = spawn_output(["/bin/true"], NEWUSER | NEWNET)
+        return raised, works, no_children_left(), fd_count() - before
+
+    assert in_child(attempt) == (errno.EPERM, (0, ""), True, 0)
+
+
+@pytest.mark.parametrize("args, kwargs, exc_type", [
+    pytest.param((["/bin/true"],), {"hostname": "x"}, ValueError, id="hostname-no-newuts"),
+    pytest.param((["/bin/true"], NEWNET), {"hostname": "x"}, ValueError,
+                 id="hostname-newnet-only"),
+    pytest.param((["/bin/true"],), {"loopback": True}, ValueError, id="loopback-no-newnet"),
+    pytest.param((["/bin/true"], NEWUTS), {"loopback": True}, ValueError,
+                 id="loopback-newuts-only"),
+    *(pytest.param((["/bin/true"], getattr(linux_clone, name)), {}, ValueError, id=name)
+      for name in ["VM", "VFORK", "THREAD", "SIGHAND", "SETTLS", "CHILD_CLEARTID"]),
+    pytest.param((["/bin/true"], signal.SIGCHLD), {}, ValueError, id="exit-signal"),
+    pytest.param((["/bin/true"], 1 << 32), {}, ValueError, id="bit-32"),
+    pytest.param((["/bin/true"], INTO_CGROUP), {}, ValueError, id="INTO_CGROUP"),
+    pytest.param((["/bin/true"], 1.0), {}, TypeError, id="flags-float"),
+    pytest.param(([],), {}, ValueError, id="argv-empty"),
+    pytest.param(((),), {}, ValueError, id="argv-empty-tuple"),
+    pytest.param(("/bin/true",), {}, TypeError, id="argv-str"),
+    pytest.param((b"/bin/true",), {}, TypeError, id="argv-bytes"),
+    pytest.param(({"/bin/true": 1},), {}, TypeError, id="argv-dict"),
+    pytest.param((["/bin/true", 1],), {}, TypeError, id="argv-int-item"),
+    pytest.param((["/bin/true"],), {"env": [("A", "1")]}, TypeError, id="env-list"),
+    pytest.param((["/bin/true"],), {"env": "A=1"}, TypeError, id="env-str"),
+    pytest.param((["/bin/true"],), {"env": {"A=B": "1"}}, ValueError, id="env-key-with-="),
+    pytest.param((["/bin/true"],), {"env": {"": "1"}}, ValueError, id="env-key-empty"),
+    pytest.param((["/bin/true"],), {"env": {"A": "1\0"}}, ValueError, id="env-value-nul"),
+    pytest.param((["/bin/true", "a\0b"],), {}, ValueError, id="arg-nul"),
+    pytest.param((["/bin/tr\0ue"],), {}, ValueError, id="program-nul"),
+    pytest.param((["/bin/true"],), {"cwd": "/t\0mp"}, ValueError, id="cwd-nul"),
+    pytest.param((["/bin/true"], NEWUTS), {"hostname": "a\0b"}, ValueError,
+                 id="hostname-nul"),
+    pytest.param((["/bin/true"], NEWUSER), {"uid_map": "0 0"}, ValueError, id="bad-map-text"),
+])
+def test_spawn_bad_arguments(args: tuple, kwargs: Dict[str, Any], exc_type: type) -> None:
+    exc, clean, leaked = raises_cleanly(lambda: linux_clone.spawn(*args, **kwargs))
+    assert type(exc) is exc_type, repr(exc)
+    assert clean and leaked == 0
+
+
+# ---- flags that share state with the caller ----
+
+@pytest.mark.parametrize("flags", [FS, FILES | NEWUSER, PARENT, linux_clone.SYSVSEM,
+                                   linux_clone.IO, linux_clone.PTRACE, linux_clone.UNTRACED],
+                         ids=["FS", "FILES|NEWUSER", "PARENT", "SYSVSEM", "IO", "PTRACE",
+                              "UNTRACED"])
+def test_spawn_refuses_flags_that_tie_the_child_to_the_caller(flags: int) -> None:
+    # FS would let the child's chdir(cwd) move the caller, FILES would let it close the
+    # caller's pipes, PARENT would make its pid not the caller's to wait for: refused.
+    exc, clean, leaked = raises_cleanly(
+        lambda: linux_clone.spawn(["/bin/true"], flags, uid_map="0 0 1" if flags & NEWUSER
+                                  else None))
+    assert type(exc) is ValueError, repr(exc)
+    assert clean and leaked == 0
+
+
+# ---- signals ----
+
+@pytest.mark.parametrize("disposition, expected", [("handler", -signal.SIGUSR1),
+                                                   ("ignore", 3)])
+def test_spawn_program_does_not_run_the_parents_handler(disposition: str,
+                                                        expected: int) -> None:
+    def attempt() -> Any:
+        ran: List[int] = []
+        signal.signal(signal.SIGUSR1, (lambda *_: ran.append(1)) if disposition == "handler"
+                      else signal.SIG_IGN)
+        code = wait_code(linux_clone.spawn(["/bin/sh", "-c", "kill -USR1 $$; exit 3"]))
+        seen = list(ran)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the handler does run for the parent's own
+        return code, seen, ran
+
+    code, seen, after = in_child(attempt)
+    assert code == expected
+    assert seen == []
+    assert after == ([1] if disposition == "handler" else [])
+
+
+@pytest.mark.parametrize("disposition, expected", [("handler", -signal.SIGUSR1),
+                                                   ("ignore", 3)])
+def test_signal_sent_before_exec_meets_default_handling(disposition: str,
+                                                        expected: int) -> None:
+    # A signal that reaches the child while it waits for its id maps stays blocked until
+    # the child has reset the parent's handlers: it then has its default effect (or none,
+    # when ignored), and the parent's handler never runs in the shared memory.
+    def attempt() -> Any:
+        ran: List[int] = []
+        signal.signal(signal.SIGUSR1, (lambda *_: ran.append(1)) if disposition == "handler"
+                      else signal.SIG_IGN)
+        pid = linux_clone._core.spawn(["/bin/sh", "-c", "exit 3"],
+                                      before_start=lambda pid: os.kill(pid, signal.SIGUSR1))
+        code = wait_code(pid)
+        time.sleep(0.01)
+        return code, ran
+
+    assert in_child(attempt) == (expected, [])
+
+
+@pytest.mark.parametrize("outcome", ["runs", "exec-error", "with-maps", "bad-map"])
+def test_spawn_restores_the_signal_mask(outcome: str, privileged: None) -> None:
+    def attempt() -> Any:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        blocked = None
+        if outcome in ("runs", "with-maps"):
+            maps = {"uid_map": "0 0 1"} if outcome == "with-maps" else {}
+            code, out = spawn_output(["grep", "SigBlk", "/proc/self/status"],
+                                     NEWUSER if maps else 0, **maps)
+            assert code == 0, out
+            blocked = int(out.split()[1], 16)
+        else:
+            maps = {"uid_map": BAD_MAP} if outcome == "bad-map" else {}
+            with pytest.raises(OSError):
+                linux_clone.spawn(["/nonexistent/program"], NEWUSER if maps else 0, **maps)
+        return mask, signal.pthread_sigmask(signal.SIG_BLOCK, []), blocked
+
+    before, after, blocked = in_child(attempt)
+    assert before == after == {signal.SIGUSR2}
+    if blocked is not None:
+        assert blocked == 1 << (signal.SIGUSR2 - 1)  # the program starts with the caller's mask
+
+
+# ---- a threaded parent ----
+
+THREADED_SPAWN = """
+import ctypes, ctypes.util, json, os, select, signal, sys, threading, time
+import linux_clone as lc
+
+sys.setswitchinterval(1e-4)  # spawning threads get the GIL back soon after each syscall
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+FLAGS = [0, lc.NEWUTS, lc.NEWPID, lc.NEWIPC]
+stop = threading.Event()
+hung, wrong, errors = [], [], []
+
+def hammer():
+    while not stop.is_set():
+        for size in (16, 4000, 300000):
+            libc.free(libc.malloc(size))
+
+def allocate():
+    while not stop.is_set():
+        junk = [{"n": i, "s": str(i)} for i in range(2000)]
+        del junk
+
+def spawner(first, n):
+    try:
+        for i in range(first, first + n):
+            maps = {"uid_map": "0 0 1"} if i % 7 == 0 else {}
+            flags = FLAGS[i % len(FLAGS)] | (lc.NEWUSER if maps else 0)
+            pid, pidfd = lc.spawn(["/bin/sh", "-c", "exit %d" % (i % 100)], flags,
+                                  pidfd=True, **maps)
+            ready = select.select([pidfd], [], [], 10)[0]
+            os.close(pidfd)
+            if not ready:
+                hung.append(i)
+                os.kill(pid, signal.SIGKILL)
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            if ready and code != i % 100:
+                wrong.append((i, code))
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=f) for f in (hammer, hammer, allocate, allocate)]
+threads += [threading.Thread(target=spawner, args=(1000 * k, 60)) for k in (1, 2)]
+for t in threads:
+    t.start()
+start = time.monotonic()
+try:
+    spawner(0, N)
+finally:
+    for t in threads[4:]:
+        t.join()
+    stop.set()
+    for t in threads[:4]:
+        t.join()
+print(json.dumps({"hung": hung, "wrong": wrong, "errors": errors,
+                  "seconds": time.monotonic() - start}))
+"""
+
+
+def test_spawn_in_a_threaded_parent(privileged: None) -> None:
+    proc = run_python("N = 300\n" + THREADED_SPAWN, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    print(f"threaded spawn: 420 programs in {report['seconds']:.1f} s")
+    assert (report["hung"], report["wrong"], report["errors"]) == ([], [], [])
+
+
+# ---- fds ----
+
+def test_spawn_leaves_the_fd_count_flat(privileged: None, tmp_path: pathlib.Path) -> None:
+    maps = {"uid_map": "0 0 1"}
+
+    def one(i: int) -> None:
+        case = i % 9
+        try:
+            if case == 0:
+                result: Any = linux_clone.spawn(["/bin/true"])
+            elif case == 1:
+                result = linux_clone.spawn(["/bin/true"], pidfd=True)
+            elif case == 2:
+                result = linux_clone.spawn(["/bin/true"], NEWUSER | PIDFD, **maps)
+            elif case == 3:
+                result = linux_clone.spawn(["/bin/true"], NEWUSER | NEWNET, loopback=True,
+                                           **maps)
+            elif case == 4:
+                result = linux_clone.spawn(["/nonexistent/program"], pidfd=True)
+            elif case == 5:
+                result = linux_clone.spawn(["/nonexistent/program"], NEWUSER, pidfd=True,
+                                           **maps)
+            elif case == 6:
+                result = linux_clone.spawn(["/bin/true"], cwd=str(tmp_path / "missing"))
+            elif case == 7:
+                result = linux_clone.spawn(["/bin/true"], NEWUSER, uid_map=BAD_MAP)
+            else:
+                result = linux_clone.spawn([str(tmp_path)], hostname="x")
+        except (OSError, ValueError) as exc:
+            assert case >= 4, repr(exc)
+            return
+        assert case < 4, "a failing spawn succeeded"
+        if isinstance(result, tuple):
+            os.close(result[1])
+            result = result[0]
+        assert wait_code(result) == 0
+
+    def run() -> Tuple[int, int, bool]:
+        for i in range(18):
+            one(i)
+        before = fd_count()
+        for i in range(200):
+            one(i)
+        return before, fd_count(), no_children_left()
+
+    before, after, clean = in_child(run)
+    assert after == before
+    assert clean
