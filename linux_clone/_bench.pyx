@@ -1,4 +1,4 @@
-# cython: language_level=3, autotestdict=False
+# cython: language_level=3, autotestdict=False, freethreading_compatible=True
 """Raw C loops of the namespace syscalls for `python -m linux_clone.bench`, timed without the
 GIL: the baseline every ratio divides by, and the proof that the cimport API of
 linux_clone._core costs nothing (its loops call the .pxd helpers, the raw ones syscall())."""

@@ -463,6 +463,35 @@ def pidfd_open(pid, flags=0):
 # ---- clone: the parent side ----
 
 cdef size_t _page_size = <size_t>sysconf(_SC_PAGESIZE)
+
+cdef extern from *:
+    """
+    /* In an ASan build (LINUX_CLONE_SANITIZE=ON) only; no-ops otherwise.
+       lc_unpoison: a new stack starts with clean shadow.  A spawn child shares the parent's
+       memory, shadow included, and never returns from its frames (it execs or _exits), so
+       their poisoning outlives it and a later mmap at the same address inherited it.
+       lc_stack_switch_*: a clone child's move to its dedicated stack, told to ASan as a
+       one-way fiber switch; else ASan keeps the old stack's bounds, and its vfork and
+       no-return handling poison or unpoison the wrong range (subprocess in such a child
+       died of SIGSEGV). */
+    #if defined(__SANITIZE_ADDRESS__)
+    #include <sanitizer/asan_interface.h>
+    #include <sanitizer/common_interface_defs.h>
+    #define lc_unpoison(addr, size) __asan_unpoison_memory_region((addr), (size))
+    #define lc_stack_switch_start(bottom, size) \
+        __sanitizer_start_switch_fiber(NULL, (bottom), (size))
+    #define lc_stack_switch_finish() __sanitizer_finish_switch_fiber(NULL, NULL, NULL)
+    #else
+    #define lc_unpoison(addr, size) ((void)(addr), (void)(size))
+    #define lc_stack_switch_start(bottom, size) ((void)(bottom), (void)(size))
+    #define lc_stack_switch_finish() ((void)0)
+    #endif
+    """
+    void lc_unpoison(void *addr, size_t size) nogil
+    void lc_stack_switch_start(const void *bottom, size_t size) nogil
+    void lc_stack_switch_finish() nogil
+
+
 # The smallest dedicated stack: the interpreter needs tens of KiB to run a child at all, and
 # CPython 3.14 refuses stack bounds under 48 KiB.
 MIN_STACK_SIZE = 64 * 1024
@@ -492,6 +521,7 @@ cdef class _Stack:
             _raise_errno(errno)
         if mprotect(self.base, _page_size, PROT_NONE) == -1:
             _raise_errno(errno)
+        lc_unpoison(self.base, self.length)
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -616,6 +646,7 @@ cdef extern from *:
 
 
 cdef void _child_on_stack() noexcept nogil:
+    lc_stack_switch_finish()
     with gil:
         try:
             lc_fit_recursion(_child_stack, _child_stack_size)
@@ -635,6 +666,7 @@ cdef void _child_start() noexcept:
         _child_context.uc_stack.ss_size = _child_stack_size
         _child_context.uc_link = NULL
         makecontext(&_child_context, _child_on_stack, 0)
+        lc_stack_switch_start(_child_stack, _child_stack_size)
         setcontext(&_child_context)
         _exit(127)  # setcontext returns only on failure
     _child_main(_child_func)
@@ -690,8 +722,10 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         pid = _clone_from_fork(flags & ~CLONE_PIDFD, exit_signal, args, &err)
     if pid == 0:
         _child_start()
-    PyOS_AfterFork_Parent()
+    # Cleared while the fork lock is still held: in a free-threaded build another thread's
+    # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
     _child_func = None
+    PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
     if want_pidfd and pidfd == -1:
