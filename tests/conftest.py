@@ -9,7 +9,7 @@ import pickle
 import subprocess
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import pytest
 
@@ -48,6 +48,35 @@ def in_child(func: Callable[..., Any], *args: Any, timeout: float = 60) -> Any:
     exc, text = value
     exc.__notes__ = [f"in the child:\n{text}"]
     raise exc
+
+
+def in_clone(start: Callable[[Callable[[], int]], Any], func: Callable[[], Any]) -> Tuple[int, Any]:
+    """Start func() in a child with start(child) (a linux_clone.clone/clone3 call); return the
+    child's exit code (-N: killed by signal N) and what func returned (pickled through a pipe,
+    None if nothing came).  A pidfd in the result is closed; the child is reaped."""
+    rfd, wfd = os.pipe()
+
+    def child() -> int:
+        os.close(rfd)
+        data = pickle.dumps(func())
+        with os.fdopen(wfd, "wb") as f:
+            f.write(data)
+        return 0
+
+    try:
+        result = start(child)
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    if isinstance(result, tuple):
+        os.close(result[1])
+        result = result[0]
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(result, 0x40000000)  # __WALL: any exit signal
+    return os.waitstatus_to_exitcode(status), pickle.loads(data) if data else None
 
 
 def python_env(**extra: str) -> Dict[str, str]:

@@ -8,7 +8,6 @@ import ctypes
 import errno
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from linux_clone import (
     FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
     DETACHED, SYSVSEM, WALL,
 )
-from conftest import drop_privileges, in_child, ns_inode, run_python
+from conftest import drop_privileges, in_child, in_clone, ns_inode, run_python
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
@@ -42,31 +41,11 @@ def wait_code(pid: int, options: int = 0) -> int:
 
 def clone_call(func: Callable[[], Any], flags: int = SIGCHLD, stack_size: int = 0,
                **maps: Any) -> Any:
-    """Call func() in a clone child and return what it returned (pickled through a pipe)."""
-    rfd, wfd = os.pipe()
-
-    def child() -> int:
-        os.close(rfd)
-        data = pickle.dumps(func())
-        with os.fdopen(wfd, "wb") as f:
-            f.write(data)
-        return 0
-
-    try:
-        result = linux_clone.clone(child, stack_size, flags, **maps)
-    except BaseException:
-        os.close(rfd)
-        raise
-    finally:
-        os.close(wfd)
-    pid = result[0] if isinstance(result, tuple) else result
-    if isinstance(result, tuple):
-        os.close(result[1])
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    code = wait_code(pid, WALL)
+    """Call func() in a clone child and return what it returned."""
+    code, value = in_clone(lambda child: linux_clone.clone(child, stack_size, flags, **maps),
+                           func)
     assert code == 0, f"clone child exited with {code} (its traceback is on stderr)"
-    return pickle.loads(data)
+    return value
 
 
 def children_of(pid: int) -> List[int]:

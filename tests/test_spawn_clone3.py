@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import pathlib
-import pickle
 import signal
 import socket
 import threading
@@ -22,7 +21,7 @@ from linux_clone import (
     FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
     PARENT, PIDFD, WALL,
 )
-from conftest import drop_privileges, in_child, run_python
+from conftest import drop_privileges, in_child, in_clone, run_python
 
 NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
@@ -86,31 +85,10 @@ def raises_cleanly(call: Callable[[], Any]) -> Tuple[BaseException, bool, int]:
 
 
 def clone3_call(func: Callable[[], Any], flags: int = 0, **kwargs: Any) -> Any:
-    """Call func() in a clone3 child and return what it returned (pickled through a pipe)."""
-    rfd, wfd = os.pipe()
-
-    def child() -> int:
-        os.close(rfd)
-        data = pickle.dumps(func())
-        with os.fdopen(wfd, "wb") as f:
-            f.write(data)
-        return 0
-
-    try:
-        result = linux_clone.clone3(child, flags, **kwargs)
-    except BaseException:
-        os.close(rfd)
-        raise
-    finally:
-        os.close(wfd)
-    if isinstance(result, tuple):
-        os.close(result[1])
-        result = result[0]
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    code = wait_code(result, WALL)
+    """Call func() in a clone3 child and return what it returned."""
+    code, value = in_clone(lambda child: linux_clone.clone3(child, flags, **kwargs), func)
     assert code == 0, f"clone3 child exited with {code} (its traceback is on stderr)"
-    return pickle.loads(data)
+    return value
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import sys
 from typing import Any, Callable, Dict, Tuple
@@ -16,7 +15,7 @@ import pytest
 
 import linux_clone
 from linux_clone import _core
-from conftest import in_child
+from conftest import in_child, in_clone
 
 PAGE = os.sysconf("SC_PAGESIZE")
 KiB, MiB = 1024, 1024 * 1024
@@ -51,25 +50,8 @@ def xfail_unfitted(kind: str, size: int, sizes_id: str) -> Any:
 
 def run_on_stack(func: Callable[[], Any], stack_size: int) -> Tuple[int, Any]:
     """Call func() in a clone child on a dedicated stack of `stack_size` bytes; return its exit
-    code (-N: killed by signal N) and what it returned (pickled through a pipe, None if
-    nothing came)."""
-    rfd, wfd = os.pipe()
-
-    def child() -> int:
-        os.close(rfd)
-        data = pickle.dumps(func())
-        with os.fdopen(wfd, "wb") as f:
-            f.write(data)
-        return 0
-
-    try:
-        pid = linux_clone.clone(child, stack_size)
-    finally:
-        os.close(wfd)
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), pickle.loads(data) if data else None
+    code (-N: killed by signal N) and what it returned (None if nothing came)."""
+    return in_clone(lambda child: linux_clone.clone(child, stack_size), func)
 
 
 # ---- what runs where ----
