@@ -196,6 +196,17 @@ cdef _Ns _open_fd(object ns):
     return r
 
 
+cdef int _finish(int rc, _Ns opened) except -1:
+    """After a call on an fd from _fd_of/_open_fd: close what _open_fd opened, then raise
+    from errno if the call failed (with the path, if it was one)."""
+    cdef int err = errno
+    if opened is not None:
+        opened.release()
+    if rc == -1:
+        _raise_errno(err, None if opened is None else opened.path)
+    return rc
+
+
 cdef inline int _fd_of(object ns) noexcept:
     # The fast path of _open_ns for the common case, an int fd; -1 sends the rest there.
     cdef long value
@@ -232,7 +243,7 @@ def setns(ns, nstype=0):
     nstype: 0 for any type, else the CloneFlag NEW* bit(s) the namespace must have.
     """
     cdef int c_nstype = _index(nstype)
-    cdef int rc, err, fd = _fd_of(ns)
+    cdef int rc, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
         opened = _open_fd(ns)
@@ -242,13 +253,7 @@ def setns(ns, nstype=0):
             rc = sys_setns(fd, c_nstype)
     else:
         rc = sys_setns(fd, c_nstype)
-    err = errno
-    if opened is not None:
-        opened.release()
-        if rc == -1:
-            _raise_errno(err, opened.path)
-    if rc == -1:
-        _raise_errno(err)
+    _finish(rc, opened)
 
 
 def pivot_root(new_root, old_root):
@@ -302,19 +307,13 @@ def configure_loopback():
 
 
 cdef int _ns_ioctl(object ns, unsigned long request) except -1:
-    cdef int rc, err, fd = _fd_of(ns)
+    cdef int rc, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
         opened = _open_fd(ns)
         fd = opened.fd
     rc = lc_ns_ioctl(fd, request)
-    err = errno
-    if opened is not None:
-        opened.release()
-        if rc == -1:
-            _raise_errno(err, opened.path)
-    if rc == -1:
-        _raise_errno(err)
+    _finish(rc, opened)
     return rc
 
 
@@ -354,19 +353,13 @@ def ns_get_owner_uid(ns):
     ns: an fd, an object with fileno(), or a path of a user namespace file.
     """
     cdef uid_t uid
-    cdef int rc, err, fd = _fd_of(ns)
+    cdef int rc, fd = _fd_of(ns)
     cdef _Ns opened = None
     if fd < 0:
         opened = _open_fd(ns)
         fd = opened.fd
     rc = lc_ns_get_owner_uid(fd, &uid)
-    err = errno
-    if opened is not None:
-        opened.release()
-        if rc == -1:
-            _raise_errno(err, opened.path)
-    if rc == -1:
-        _raise_errno(err)
+    _finish(rc, opened)
     return uid
 
 

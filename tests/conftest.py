@@ -4,12 +4,15 @@ probe whose skips become failures when LINUX_CLONE_REQUIRE_PRIVILEGE=1 (as in CI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import traceback
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import pytest
 
@@ -77,6 +80,27 @@ def in_clone(start: Callable[[Callable[[], int]], Any], func: Callable[[], Any])
         data = f.read()
     _, status = os.waitpid(result, 0x40000000)  # __WALL: any exit signal
     return os.waitstatus_to_exitcode(status), pickle.loads(data) if data else None
+
+
+@contextlib.contextmanager
+def running_threads(n: int) -> Iterator[None]:
+    """n Python threads that keep running (taking and dropping the GIL) inside the block."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(200))
+            time.sleep(0.0002)
+
+    threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def python_env(**extra: str) -> Dict[str, str]:

@@ -3,7 +3,6 @@ maps and threaded parents, each checked against the kernel's answer."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import json
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -23,7 +22,8 @@ from linux_clone import (
     FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
     DETACHED, SYSVSEM, WALL,
 )
-from conftest import drop_privileges, in_child, in_clone, ns_inode, run_python
+from conftest import (drop_privileges, in_child, in_clone, ns_inode, run_python,
+                      running_threads)
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
@@ -71,27 +71,6 @@ def no_children_left() -> bool:
     except ChildProcessError:
         return children_of(os.getpid()) == []
     return False
-
-
-@contextlib.contextmanager
-def running_threads(n: int) -> Iterator[None]:
-    """n Python threads that keep running (and taking and dropping the GIL) inside the block."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            sum(range(200))
-            time.sleep(0.0002)
-
-    threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
 
 
 def become_nobody() -> None:

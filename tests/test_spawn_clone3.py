@@ -10,7 +10,6 @@ import os
 import pathlib
 import signal
 import socket
-import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -21,7 +20,7 @@ from linux_clone import (
     FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
     PARENT, PIDFD, WALL,
 )
-from conftest import drop_privileges, in_child, in_clone, run_python
+from conftest import drop_privileges, in_child, in_clone, run_python, running_threads
 
 NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
@@ -120,27 +119,6 @@ def spawn_output(argv: List[Any], flags: int = 0, **kwargs: Any) -> Tuple[int, s
         os.close(result[1])
         result = result[0]
     return wait_code(result), out
-
-
-@contextlib.contextmanager
-def running_threads(n: int) -> Iterator[None]:
-    """n Python threads that keep running (taking and dropping the GIL) inside the block."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            sum(range(200))
-            time.sleep(0.0002)
-
-    threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
 
 
 def ns_link(kind: str, pid: Any = "self") -> str:
