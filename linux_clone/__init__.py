@@ -3,6 +3,8 @@ ioctls and bringing up `lo` -- a port of Perl's Linux::Clone."""
 
 from __future__ import annotations
 
+__version__ = "0.2.0.dev0"  # the one source of the version: pyproject.toml reads it here
+
 import contextlib
 import enum
 import operator

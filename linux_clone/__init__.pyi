@@ -12,6 +12,8 @@ _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
 IdMap = Union[str, Iterable[Tuple[int, int, int]]]
 
+__version__: str
+
 __all__ = [
     "CloneFlag", "IdMap", "WALL", "NS_OWNER_UID", "clone", "clone3", "spawn", "entered",
     "configure_loopback", "kcmp", "ns_get_nstype", "ns_get_owner_uid", "ns_get_parent",
