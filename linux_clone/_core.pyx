@@ -15,9 +15,8 @@ from posix.types cimport pid_t, sigset_t, uid_t
 from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
-from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.long cimport PyLong_AsLong, PyLong_Check, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from libc.limits cimport INT_MAX
 
@@ -207,14 +206,17 @@ cdef int _finish(int rc, _Ns opened) except -1:
     return rc
 
 
-cdef inline int _fd_of(object ns) noexcept:
-    # The fast path of _open_ns for the common case, an int fd; -1 sends the rest there.
+cdef inline int _fd_of(object ns) except -2:
+    # The fast path of _open_fd for the common case, an int fd; -1 sends the rest there, out
+    # of range ints included, for _open_fd's ValueError or OverflowError.  On an exact int
+    # PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
+    # the error would propagate rather than become an fd.
+    cdef int overflow
     cdef long value
     if PyLong_CheckExact(ns):
-        value = PyLong_AsLong(ns)
+        value = PyLong_AsLongAndOverflow(ns, &overflow)
         if 0 <= value <= INT_MAX:
             return <int>value
-        PyErr_Clear()
     return -1
 
 

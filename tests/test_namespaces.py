@@ -522,6 +522,56 @@ def test_setns_fileno_exception_passes_through() -> None:
     assert (type(exc), str(exc)) == (ZeroDivisionError, "fileno failed")
 
 
+class Fileno:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class FsPath:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __fspath__(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+HOSTILE_NS = [
+    (2**31, OverflowError), (2**63, OverflowError), (2**64, OverflowError),
+    (-2**63 - 1, OverflowError), (-1, ValueError), (Fileno(ZeroDivisionError()), ZeroDivisionError),
+    (Fileno("3"), TypeError), (Fileno(2**64), OverflowError), (Fileno(-1), ValueError),
+    (FsPath(ZeroDivisionError()), ZeroDivisionError), (FsPath(3), TypeError),
+]
+
+
+@pytest.mark.parametrize("ns, exc_type", HOSTILE_NS)
+def test_setns_a_bad_ns_makes_no_call(ns: Any, exc_type: type) -> None:
+    # fd 0 a namespace file: a number that became 0 would have entered it.
+    def child() -> Tuple[type, bool, bool]:
+        os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 0)
+        before, home = open_fds(), ns_inode("uts")
+        exc = raised(linux_clone.setns, ns)
+        return type(exc), open_fds() == before, ns_inode("uts") == home
+
+    assert in_child(child) == (exc_type, True, True)
+
+
+@pytest.mark.parametrize("ns, exc_type", HOSTILE_NS)
+def test_ns_functions_a_bad_ns_makes_no_call(ns: Any, exc_type: type) -> None:
+    def child() -> List[Tuple[type, bool]]:
+        os.dup2(os.open("/proc/self/ns/user", os.O_RDONLY), 0)
+        before = open_fds()
+        return [(type(raised(func, ns)), open_fds() == before) for func in NS_FUNCTIONS]
+
+    assert in_child(child) == [(exc_type, True)] * len(NS_FUNCTIONS)
+
+
 def test_unprivileged_setns_is_refused(privileged: None) -> None:
     with process_in(linux_clone.NEWNET) as pid:
         def child() -> Any:
