@@ -274,16 +274,26 @@ def pivot_root(new_root, old_root):
         _raise_errno(errno, new_root, old_root)
 
 
+cdef int _kcmp_index(object idx) except -1:
+    """An fd index of kcmp, 0 to INT_MAX: the kernel would cut a larger one to its unsigned
+    int fd and compare some other file, so it is an OverflowError, as os.fstat makes it."""
+    cdef int fd = _index(idx)
+    if fd < 0:
+        raise OverflowError(f"an fd index cannot be negative, not {fd}")
+    return fd
+
+
 def kcmp(pid1, pid2, type, idx1=0, idx2=0):
     """Compare kernel resources of two processes, as kcmp(2): 0 equal, 1 less, 2 greater,
     3 not equal (ordering unavailable).
 
     pid1, pid2: process ids.  type: a KCMP_* constant.
-    idx1, idx2: fds for KCMP_FILE; for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset).
+    idx1, idx2: an fd of pid1 and one of pid2 for KCMP_FILE, 0 to INT_MAX (other types ignore
+    them); for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset) of pid2.
     """
     cdef pid_t c_pid1 = _index(pid1), c_pid2 = _index(pid2)
     cdef int c_type = _index(type)
-    cdef unsigned long c_idx1 = _index(idx1), c_idx2
+    cdef unsigned long c_idx1 = _kcmp_index(idx1), c_idx2
     cdef kcmp_epoll_slot slot
     cdef int rc
     if c_type == KCMP_EPOLL_TFD:
@@ -294,7 +304,7 @@ def kcmp(pid1, pid2, type, idx1=0, idx2=0):
     elif isinstance(idx2, tuple):
         raise TypeError("idx2 is a tuple only with KCMP_EPOLL_TFD")
     else:
-        c_idx2 = _index(idx2)
+        c_idx2 = _kcmp_index(idx2)
     rc = sys_kcmp(c_pid1, c_pid2, c_type, c_idx1, c_idx2)
     if rc == -1:
         _raise_errno(errno)
