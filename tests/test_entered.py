@@ -9,7 +9,7 @@ import os
 import pathlib
 import socket
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -221,11 +221,12 @@ def test_an_active_entered_cannot_be_entered_again() -> None:
 # ---- __exit__ without an active __enter__ ----
 
 def test_exit_of_a_fresh_entered_does_nothing() -> None:
-    def run() -> List[Any]:
+    def run() -> bool:
         before = open_fds()
         block = linux_clone.entered("/proc/self/ns/net")
-        return [block.__exit__(None, None, None), open_fds() == before]
-    assert in_child(run) == [None, True]
+        block.__exit__(None, None, None)
+        return open_fds() == before
+    assert in_child(run)
 
 
 def test_exit_after_a_failed_enter_closes_nothing() -> None:
@@ -307,13 +308,12 @@ def test_a_failed_enter_keeps_no_fd() -> None:
     def body(pid: int) -> List[Any]:
         before = open_fds()
         errors = []
-        for args, kwargs in [((f"/proc/{pid}/ns/net", linux_clone.NEWUTS), {}),
-                             ((), {"pid": pid, "nstype": linux_clone.NEWNS
-                                   | linux_clone.NEWNET}),
-                             ((), {"pid": dead_pid(), "nstype": linux_clone.NEWNET})]:
+        for block in [linux_clone.entered(f"/proc/{pid}/ns/net", linux_clone.NEWUTS),
+                      linux_clone.entered(pid=pid, nstype=linux_clone.NEWNS | linux_clone.NEWNET),
+                      linux_clone.entered(pid=dead_pid(), nstype=linux_clone.NEWNET)]:
             # A thread shares the fs, so entering a mount namespace fails after the saving.
             with pytest.raises(OSError) as info, running_threads(1):
-                with linux_clone.entered(*args, **kwargs):
+                with block:
                     pass
             errors.append(info.value.errno)
         return [errors, open_fds() == before, thread_ns("net") != os.stat(
@@ -350,7 +350,7 @@ def test_errors_of_a_path_carry_the_path(tmp_path: pathlib.Path) -> None:
             pass
     assert (info.value.errno, info.value.filename) == (errno.ENOTTY, str(regular))
 
-    def wrong_type() -> Tuple[int, Any]:
+    def wrong_type() -> Tuple[Optional[int], Any]:
         try:
             with linux_clone.entered("/proc/self/ns/net", linux_clone.NEWUTS):
                 pass
@@ -369,7 +369,8 @@ def test_a_pid_is_converted_once_for_every_use() -> None:
             return dead_pid() if len(calls) > 1 else os.getpid()
 
     def run() -> List[Any]:
-        block = linux_clone.entered(pid=Pid(), nstype=linux_clone.NEWUTS)
+        pid: Any = Pid()
+        block = linux_clone.entered(pid=pid, nstype=linux_clone.NEWUTS)
         for _ in range(2):
             with block:
                 pass
