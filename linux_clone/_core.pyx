@@ -11,13 +11,13 @@ from libc.stdint cimport uint64_t
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
     PROT_READ, PROT_WRITE, PROT_NONE
+from posix.stat cimport fstat, struct_stat
 from posix.types cimport pid_t, sigset_t, uid_t
 from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
-from cpython.exc cimport PyErr_Clear
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.long cimport PyLong_AsLong, PyLong_Check, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from libc.limits cimport INT_MAX
 
@@ -153,11 +153,16 @@ cdef int _raise_errno(int err, object filename=None, object filename2=None) exce
 cdef class _Ns:
     """An fd argument (a namespace, a cgroup directory): ints and fileno() objects as they
     are, paths opened (close-on-exec) and closed again by release()."""
-    cdef int fd
-    cdef object path
+    cdef int fd        # -1 until a conversion or an open succeeded
+    cdef bint owned    # fd was opened here: release() closes it
+    cdef object path   # the path argument, for OSError.filename; None for an fd
+
+    def __cinit__(self):
+        self.fd = -1
 
     cdef int release(self) except -1:
-        if self.path is not None and self.fd >= 0:
+        if self.owned:
+            self.owned = False
             close(self.fd)
             self.fd = -1
         return 0
@@ -193,6 +198,7 @@ cdef _Ns _open_fd(object ns):
     r.fd = c_open(raw, O_RDONLY | O_CLOEXEC)
     if r.fd < 0:
         _raise_errno(errno, ns)
+    r.owned = True
     return r
 
 
@@ -207,14 +213,17 @@ cdef int _finish(int rc, _Ns opened) except -1:
     return rc
 
 
-cdef inline int _fd_of(object ns) noexcept:
-    # The fast path of _open_ns for the common case, an int fd; -1 sends the rest there.
+cdef inline int _fd_of(object ns) except -2:
+    # The fast path of _open_fd for the common case, an int fd; -1 sends the rest there, out
+    # of range ints included, for _open_fd's ValueError or OverflowError.  On an exact int
+    # PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
+    # the error would propagate rather than become an fd.
+    cdef int overflow
     cdef long value
     if PyLong_CheckExact(ns):
-        value = PyLong_AsLong(ns)
+        value = PyLong_AsLongAndOverflow(ns, &overflow)
         if 0 <= value <= INT_MAX:
             return <int>value
-        PyErr_Clear()
     return -1
 
 
@@ -272,16 +281,26 @@ def pivot_root(new_root, old_root):
         _raise_errno(errno, new_root, old_root)
 
 
+cdef int _kcmp_index(object idx) except -1:
+    """An fd index of kcmp, 0 to INT_MAX: the kernel would cut a larger one to its unsigned
+    int fd and compare some other file, so it is an OverflowError, as os.fstat makes it."""
+    cdef int fd = _index(idx)
+    if fd < 0:
+        raise OverflowError(f"an fd index cannot be negative, not {fd}")
+    return fd
+
+
 def kcmp(pid1, pid2, type, idx1=0, idx2=0):
     """Compare kernel resources of two processes, as kcmp(2): 0 equal, 1 less, 2 greater,
     3 not equal (ordering unavailable).
 
     pid1, pid2: process ids.  type: a KCMP_* constant.
-    idx1, idx2: fds for KCMP_FILE; for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset).
+    idx1, idx2: an fd of pid1 and one of pid2 for KCMP_FILE, 0 to INT_MAX (other types ignore
+    them); for KCMP_EPOLL_TFD idx2 is (epoll_fd, target_fd, offset) of pid2.
     """
     cdef pid_t c_pid1 = _index(pid1), c_pid2 = _index(pid2)
     cdef int c_type = _index(type)
-    cdef unsigned long c_idx1 = _index(idx1), c_idx2
+    cdef unsigned long c_idx1 = _kcmp_index(idx1), c_idx2
     cdef kcmp_epoll_slot slot
     cdef int rc
     if c_type == KCMP_EPOLL_TFD:
@@ -292,7 +311,7 @@ def kcmp(pid1, pid2, type, idx1=0, idx2=0):
     elif isinstance(idx2, tuple):
         raise TypeError("idx2 is a tuple only with KCMP_EPOLL_TFD")
     else:
-        c_idx2 = _index(idx2)
+        c_idx2 = _kcmp_index(idx2)
     rc = sys_kcmp(c_pid1, c_pid2, c_type, c_idx1, c_idx2)
     if rc == -1:
         _raise_errno(errno)
@@ -371,6 +390,46 @@ _THREAD_NS = {
     CLONE_NEWPID: b"/proc/thread-self/ns/pid_for_children",
     CLONE_NEWTIME: b"/proc/thread-self/ns/time",
 }
+# The types entered() can go back from: those of _THREAD_NS.
+cdef int _ENTERABLE = (CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS | CLONE_NEWCGROUP
+                       | CLONE_NEWPID | CLONE_NEWTIME)
+_NO_USER_NS = "a user namespace cannot be left again; use clone() or spawn()"
+
+
+cdef tuple _save_thread_ns(int kind, bytes path):
+    """(fd, kind, st_dev, st_ino, path) of the calling thread's namespace of type `kind`:
+    the identity lets __exit__ see that the block closed or replaced the fd."""
+    cdef struct_stat st
+    cdef int err, fd = c_open(path, O_RDONLY | O_CLOEXEC)
+    if fd == -1:
+        err = errno
+        _raise_errno(err, path.decode())
+    if fstat(fd, &st) == -1:
+        err = errno
+        close(fd)
+        _raise_errno(err, path.decode())
+    return (fd, kind, st.st_dev, st.st_ino, path.decode())
+
+
+cdef int _go_back(int fd, int kind, object dev, object ino, str path) except -1:
+    """setns() back into a namespace _save_thread_ns() saved, then close its fd -- unless the
+    fd no longer is that file: setns would go somewhere else, and close someone else's fd."""
+    cdef struct_stat st
+    cdef int rc, err
+    if fstat(fd, &st) == -1 or st.st_dev != dev or st.st_ino != ino:
+        raise RuntimeError(f"entered(): fd {fd}, which kept the thread's previous namespace "
+                           f"({path}), was closed or replaced inside the block; the thread is "
+                           f"still in the entered {path.rpartition('/')[2]} namespace")
+    if kind & _MAY_BLOCK_ENTER:
+        with nogil:
+            rc = sys_setns(fd, kind)
+    else:
+        rc = sys_setns(fd, kind)
+    err = errno
+    close(fd)
+    if rc == -1:
+        _raise_errno(err, path)
+    return 0
 
 
 cdef class entered:
@@ -383,63 +442,86 @@ cdef class entered:
     Only the calling thread moves; other threads keep theirs.  A user namespace cannot be
     left again and is refused; a pid namespace affects only children created inside the
     block; a mount namespace needs a thread that does not share its fs (no other threads).
+    __exit__ goes back into every namespace it can; if the block closed or replaced an fd
+    entered() keeps, that type stays entered and __exit__ raises RuntimeError.  __exit__
+    without an active __enter__ (one that failed undid itself) does nothing.
     """
-    cdef object ns, pid
+    cdef object ns
+    cdef pid_t pid
+    cdef bint by_pid
     cdef int nstype
-    cdef _Ns target
-    cdef list saved
+    cdef list saved  # _save_thread_ns() of each type entered; None when not active
 
     def __init__(self, ns=None, nstype=0, *, pid=None):
+        cdef int c_nstype
         if (ns is None) == (pid is None):
             raise TypeError("entered() takes a namespace or pid=, exactly one of them")
-        nstype = _index(nstype)
-        if pid is not None and nstype == 0:
-            raise ValueError("entered(pid=...) needs nstype: the namespace types to enter")
-        if nstype & CLONE_NEWUSER:
-            raise ValueError("a user namespace cannot be left again; use clone() or spawn()")
-        self.ns, self.nstype, self.pid = ns, nstype, pid
+        c_nstype = _index(nstype)
+        if c_nstype & ~(_ENTERABLE | CLONE_NEWUSER):
+            raise ValueError(f"invalid nstype {c_nstype:#x}: 0 or a combination of NEWNS, "
+                             "NEWUTS, NEWIPC, NEWNET, NEWPID, NEWCGROUP, NEWTIME")
+        if c_nstype & CLONE_NEWUSER:
+            raise ValueError(_NO_USER_NS)
+        if pid is not None:
+            if c_nstype == 0:
+                raise ValueError("entered(pid=...) needs nstype: the namespace types to enter")
+            self.pid, self.by_pid = _index(pid), True
+        self.ns, self.nstype = ns, c_nstype
 
     def __enter__(self):
-        cdef int fd, types = self.nstype
+        cdef _Ns target
+        cdef int rc, types = self.nstype
+        cdef list saved = []
         if self.saved is not None:
             raise RuntimeError("this entered() is already active; make one per use")
-        if self.pid is not None:
-            self.target = _Ns.__new__(_Ns)
-            self.target.path = self.pid
-            self.target.fd = pidfd_open(self.pid)
+        if self.by_pid:
+            target = _Ns.__new__(_Ns)
+            target.fd = sys_pidfd_open(self.pid, 0)
+            if target.fd == -1:
+                _raise_errno(errno)
+            target.owned = True
         else:
-            self.target = _open_fd(self.ns)
-        self.saved = []
+            target = _open_fd(self.ns)
         try:
             if types == 0:
-                types = _ns_ioctl(self.target.fd, NS_GET_NSTYPE)
+                types = lc_ns_ioctl(target.fd, NS_GET_NSTYPE)
+                if types == -1:
+                    _raise_errno(errno, target.path)
                 if types == CLONE_NEWUSER:
-                    raise ValueError("a user namespace cannot be left again; "
-                                     "use clone() or spawn()")
+                    raise ValueError(_NO_USER_NS)
             for kind, path in _THREAD_NS.items():
                 if types & kind:
-                    fd = c_open(path, O_RDONLY | O_CLOEXEC)
-                    if fd == -1:
-                        _raise_errno(errno, path.decode())
-                    self.saved.append((fd, kind))
-            setns(self.target.fd, self.nstype)
+                    saved.append(_save_thread_ns(kind, path))
+            if types & _MAY_BLOCK_ENTER:
+                with nogil:
+                    rc = sys_setns(target.fd, types)
+            else:
+                rc = sys_setns(target.fd, types)
+            if rc == -1:
+                _raise_errno(errno, target.path)
         except BaseException:
-            self._close()
+            for fd, *_identity in saved:
+                close(fd)
             raise
+        finally:
+            target.release()
+        self.saved = saved
         return self
 
     def __exit__(self, *exc_info):
-        try:
-            for fd, kind in reversed(self.saved):
-                setns(fd, kind)
-        finally:
-            self._close()
-
-    cdef _close(self):
-        for fd, _kind in self.saved or ():
-            close(fd)
+        cdef list saved = self.saved
+        if saved is None:
+            return None
         self.saved = None
-        self.target.release()
+        failure = None
+        for fd, kind, dev, ino, path in reversed(saved):
+            try:
+                _go_back(fd, kind, dev, ino, path)
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+        if failure is not None:
+            raise failure
 
 
 def pidfd_open(pid, flags=0):

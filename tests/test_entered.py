@@ -3,16 +3,18 @@ exception; nesting works, other threads keep their namespaces, no fd stays open.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pathlib
 import socket
 import threading
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 import linux_clone
-from conftest import in_child
+from conftest import in_child, running_threads
 
 pytestmark = pytest.mark.usefixtures("privileged")
 
@@ -23,6 +25,24 @@ def thread_ns(kind: str) -> int:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def open_fds() -> Dict[int, str]:
+    """What each of this process's fds is (a namespace fd reads as `net:[4026531840]`)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # listdir's own fd, closed by now
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
+def fds_entered_keeps(before: Dict[int, str]) -> Dict[str, int]:
+    """The fds opened since `before` by kind: inside an entered() block, those it keeps."""
+    return {link.split(":")[0]: fd for fd, link in open_fds().items() if fd not in before}
+
+
+def dead_pid() -> int:
+    return int(pathlib.Path("/proc/sys/kernel/pid_max").read_text()) + 1
 
 
 def with_holder(flags: int, body: Any) -> Any:
@@ -196,3 +216,203 @@ def test_an_active_entered_cannot_be_entered_again() -> None:
                 return str(exc)
         return "entered twice"
     assert "already active" in in_child(run)
+
+
+# ---- __exit__ without an active __enter__ ----
+
+def test_exit_of_a_fresh_entered_does_nothing() -> None:
+    def run() -> bool:
+        before = open_fds()
+        block = linux_clone.entered("/proc/self/ns/net")
+        block.__exit__(None, None, None)
+        return open_fds() == before
+    assert in_child(run)
+
+
+def test_exit_after_a_failed_enter_closes_nothing() -> None:
+    # ExitStack.push(cm) then cm.__enter__(): the documented way to let __exit__ clean up a
+    # partial __enter__, so __exit__ runs after the failed one; fd 0 was closed here once.
+    def run() -> Tuple[str, bool]:
+        os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 0)
+        before = open_fds()
+        try:
+            with contextlib.ExitStack() as stack:
+                block = linux_clone.entered(pid=dead_pid(), nstype=linux_clone.NEWNET)
+                stack.push(block)
+                block.__enter__()
+        except Exception as exc:
+            return type(exc).__name__, open_fds() == before
+        return "nothing raised", False
+    assert in_child(run) == ("ProcessLookupError", True)
+
+
+def test_exit_twice_goes_back_once() -> None:
+    def body(pid: int) -> List[bool]:
+        home = thread_ns("net")
+        block = linux_clone.entered(f"/proc/{pid}/ns/net")
+        block.__enter__()
+        inside = thread_ns("net")
+        block.__exit__(None, None, None)
+        block.__exit__(None, None, None)
+        return [inside != home, thread_ns("net") == home]
+    assert with_holder(linux_clone.NEWNET, body) == [True, True]
+
+
+# ---- the fds entered() keeps for the way back ----
+
+def test_a_saved_fd_closed_in_the_block_is_an_error_not_a_wrong_exit() -> None:
+    def body(pid: int) -> List[Any]:
+        home, target = thread_ns("net"), os.stat(f"/proc/{pid}/ns/net").st_ino
+        before = open_fds()
+        with pytest.raises(RuntimeError, match="still in the entered net namespace"):
+            with linux_clone.entered(f"/proc/{pid}/ns/net"):
+                os.close(fds_entered_keeps(before)["net"])
+        return [home != target, thread_ns("net") == target, open_fds() == before]
+    assert with_holder(linux_clone.NEWNET, body) == [True] * 3
+
+
+def test_a_saved_fd_number_reused_in_the_block_is_not_entered_nor_closed() -> None:
+    # The block closes the saved fd and opens another namespace file on its number: __exit__
+    # must neither setns into that file nor close it.
+    def body(pid: int) -> List[Any]:
+        home, target = thread_ns("net"), os.stat(f"/proc/{pid}/ns/net").st_ino
+        before = open_fds()
+        with pytest.raises(RuntimeError, match="closed or replaced"):
+            with linux_clone.entered(f"/proc/{pid}/ns/net"):
+                saved = fds_entered_keeps(before)["net"]
+                other = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+                os.dup2(other, saved)
+                os.close(other)
+        still_open = os.fstat(saved).st_ino == target
+        os.close(saved)
+        return [home != target, thread_ns("net") == target, still_open, open_fds() == before]
+    assert with_holder(linux_clone.NEWNET, body) == [True] * 4
+
+
+@pytest.mark.parametrize("broken", ["net", "uts"])
+def test_exit_goes_back_into_every_namespace_it_still_can(broken: str) -> None:
+    def body(pid: int) -> Dict[str, Any]:
+        home = {kind: thread_ns(kind) for kind in ("net", "uts")}
+        before = open_fds()
+        with pytest.raises(RuntimeError, match=f"entered {broken} namespace"):
+            with linux_clone.entered(pid=pid, nstype=linux_clone.NEWNET | linux_clone.NEWUTS):
+                os.close(fds_entered_keeps(before)[broken])
+        return {kind: thread_ns(kind) == home[kind] for kind in home} | {
+            "fds": open_fds() == before}
+    intact = "uts" if broken == "net" else "net"
+    assert with_holder(linux_clone.NEWNET | linux_clone.NEWUTS, body) == {
+        broken: False, intact: True, "fds": True}
+
+
+def test_a_failed_enter_keeps_no_fd() -> None:
+    def body(pid: int) -> List[Any]:
+        before = open_fds()
+        errors = []
+        for block in [linux_clone.entered(f"/proc/{pid}/ns/net", linux_clone.NEWUTS),
+                      linux_clone.entered(pid=pid, nstype=linux_clone.NEWNS | linux_clone.NEWNET),
+                      linux_clone.entered(pid=dead_pid(), nstype=linux_clone.NEWNET)]:
+            # A thread shares the fs, so entering a mount namespace fails after the saving.
+            with pytest.raises(OSError) as info, running_threads(1):
+                with block:
+                    pass
+            errors.append(info.value.errno)
+        return [errors, open_fds() == before, thread_ns("net") != os.stat(
+            f"/proc/{pid}/ns/net").st_ino]
+    assert with_holder(linux_clone.NEWNET, body) == [
+        [errno.EINVAL, errno.EINVAL, errno.ESRCH], True, True]
+
+
+# ---- argument checks ----
+
+@pytest.mark.parametrize("nstype", [-1, 1, 0x100, 2**30 | 2**0, linux_clone.NEWNET | 0x2])
+def test_an_invalid_nstype_is_named_as_such(nstype: int) -> None:
+    with pytest.raises(ValueError, match="invalid nstype"):
+        linux_clone.entered("/proc/self/ns/net", nstype)
+    with pytest.raises(ValueError, match="invalid nstype"):
+        linux_clone.entered(pid=os.getpid(), nstype=nstype)
+
+
+def test_an_nstype_beyond_a_c_int_is_overflow() -> None:
+    with pytest.raises(OverflowError):
+        linux_clone.entered("/proc/self/ns/net", 2**40)
+
+
+def test_a_user_namespace_bit_among_others_is_refused_as_such() -> None:
+    with pytest.raises(ValueError, match="cannot be left"):
+        linux_clone.entered(pid=os.getpid(), nstype=linux_clone.NEWUSER | linux_clone.NEWNET)
+
+
+def test_errors_of_a_path_carry_the_path(tmp_path: pathlib.Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("not a namespace")
+    with pytest.raises(OSError) as info:
+        with linux_clone.entered(str(regular)):
+            pass
+    assert (info.value.errno, info.value.filename) == (errno.ENOTTY, str(regular))
+
+    def wrong_type() -> Tuple[Optional[int], Any]:
+        try:
+            with linux_clone.entered("/proc/self/ns/net", linux_clone.NEWUTS):
+                pass
+        except OSError as exc:
+            return exc.errno, exc.filename
+        return 0, None
+    assert in_child(wrong_type) == (errno.EINVAL, "/proc/self/ns/net")
+
+
+def test_a_pid_is_converted_once_for_every_use() -> None:
+    calls = []
+
+    class Pid:
+        def __index__(self) -> int:
+            calls.append(1)
+            return dead_pid() if len(calls) > 1 else os.getpid()
+
+    def run() -> List[Any]:
+        pid: Any = Pid()
+        block = linux_clone.entered(pid=pid, nstype=linux_clone.NEWUTS)
+        for _ in range(2):
+            with block:
+                pass
+        return calls
+    assert in_child(run) == [1]
+
+
+class Fileno:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class FsPath:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __fspath__(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+@pytest.mark.parametrize("ns, exc_type", [
+    (Fileno(ZeroDivisionError("fileno")), ZeroDivisionError), (Fileno("3"), TypeError),
+    (Fileno(2**64), OverflowError), (Fileno(-1), ValueError), (2**63, OverflowError),
+    (2**64, OverflowError), (-2**63 - 1, OverflowError), (-1, ValueError),
+    (FsPath(ZeroDivisionError("fspath")), ZeroDivisionError), (FsPath(3), TypeError),
+    (FsPath("/proc/self/ns/net\0"), ValueError),
+])
+def test_hostile_namespace_arguments(ns: Any, exc_type: type) -> None:
+    def run() -> Tuple[type, bool, int]:
+        os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 0)  # what a wrong fd 0 would enter
+        before, home = open_fds(), thread_ns("uts")
+        try:
+            with linux_clone.entered(ns):
+                pass
+        except BaseException as exc:
+            return type(exc), open_fds() == before, thread_ns("uts") == home
+        return type(None), False, False
+    assert in_child(run) == (exc_type, True, True)

@@ -522,6 +522,56 @@ def test_setns_fileno_exception_passes_through() -> None:
     assert (type(exc), str(exc)) == (ZeroDivisionError, "fileno failed")
 
 
+class Fileno:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class FsPath:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __fspath__(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+HOSTILE_NS = [
+    (2**31, OverflowError), (2**63, OverflowError), (2**64, OverflowError),
+    (-2**63 - 1, OverflowError), (-1, ValueError), (Fileno(ZeroDivisionError()), ZeroDivisionError),
+    (Fileno("3"), TypeError), (Fileno(2**64), OverflowError), (Fileno(-1), ValueError),
+    (FsPath(ZeroDivisionError()), ZeroDivisionError), (FsPath(3), TypeError),
+]
+
+
+@pytest.mark.parametrize("ns, exc_type", HOSTILE_NS)
+def test_setns_a_bad_ns_makes_no_call(ns: Any, exc_type: type) -> None:
+    # fd 0 a namespace file: a number that became 0 would have entered it.
+    def child() -> Tuple[type, bool, bool]:
+        os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 0)
+        before, home = open_fds(), ns_inode("uts")
+        exc = raised(linux_clone.setns, ns)
+        return type(exc), open_fds() == before, ns_inode("uts") == home
+
+    assert in_child(child) == (exc_type, True, True)
+
+
+@pytest.mark.parametrize("ns, exc_type", HOSTILE_NS)
+def test_ns_functions_a_bad_ns_makes_no_call(ns: Any, exc_type: type) -> None:
+    def child() -> List[Tuple[type, bool]]:
+        os.dup2(os.open("/proc/self/ns/user", os.O_RDONLY), 0)
+        before = open_fds()
+        return [(type(raised(func, ns)), open_fds() == before) for func in NS_FUNCTIONS]
+
+    assert in_child(child) == [(exc_type, True)] * len(NS_FUNCTIONS)
+
+
 def test_unprivileged_setns_is_refused(privileged: None) -> None:
     with process_in(linux_clone.NEWNET) as pid:
         def child() -> Any:
@@ -726,6 +776,43 @@ def test_kcmp_file_inherited_by_a_child_is_the_same(regular_file: str) -> None:
                                 f.fileno()) == 0
 
 
+def first_free_fd(low: int) -> int:
+    open_now = {int(name) for name in open_fds()}
+    return next(fd for fd in range(low, low + 1000) if fd not in open_now)
+
+
+def test_kcmp_file_idx1_is_in_pid1_and_idx2_in_pid2(regular_file: str) -> None:
+    # The child has the file also as fd `number`, which this process does not have.
+    with open(regular_file) as f:
+        number = first_free_fd(100)
+        with process_in(0, setup=lambda: os.dup2(f.fileno(), number)) as pid:
+            me = os.getpid()
+            assert linux_clone.kcmp(me, pid, linux_clone.KCMP_FILE, f.fileno(), number) == 0
+            assert linux_clone.kcmp(pid, me, linux_clone.KCMP_FILE, number, f.fileno()) == 0
+            exc = raised(linux_clone.kcmp, me, pid, linux_clone.KCMP_FILE, number, f.fileno())
+            assert (type(exc), exc.errno) == (OSError, errno.EBADF)
+
+
+def test_kcmp_orders_pid1_s_object_against_pid2_s(regular_file: str) -> None:
+    # Two files, and a child that has them under each other's numbers: from one process the
+    # order of `a` against `b` is known, so kcmp(me, child, a, a) must answer the same.
+    def swap(a: int, b: int) -> None:
+        spare = os.dup(a)
+        os.dup2(b, a)
+        os.dup2(spare, b)
+        os.close(spare)
+
+    me, kind = os.getpid(), linux_clone.KCMP_FILE
+    with open(regular_file) as first, open(regular_file) as second:
+        a, b = first.fileno(), second.fileno()
+        order = linux_clone.kcmp(me, me, kind, a, b)
+        assert order in (1, 2)
+        with process_in(0, setup=lambda: swap(a, b)) as pid:
+            assert linux_clone.kcmp(me, pid, kind, a, a) == order
+            assert linux_clone.kcmp(pid, me, kind, a, a) == 3 - order
+            assert linux_clone.kcmp(me, pid, kind, a, b) == 0
+
+
 def test_kcmp_epoll_tfd_finds_the_registered_file() -> None:
     me = os.getpid()
     read_end, write_end = os.pipe()
@@ -753,6 +840,12 @@ def test_kcmp_epoll_tfd_finds_the_registered_file() -> None:
     ({"type": linux_clone.KCMP_EPOLL_TFD, "idx2": (1, 2)}, TypeError),
     ({"type": linux_clone.KCMP_EPOLL_TFD, "idx2": (1, 2, None)}, TypeError),
     ({"type": linux_clone.KCMP_EPOLL_TFD, "idx2": (1, 2, -1)}, OverflowError),
+    ({"type": linux_clone.KCMP_EPOLL_TFD, "idx2": (2**32, 2, 0)}, OverflowError),
+    ({"type": linux_clone.KCMP_EPOLL_TFD, "idx2": (1, 2, 2**32)}, OverflowError),
+    ({"pid1": 2**32}, OverflowError), ({"pid2": -2**31 - 1}, OverflowError),
+    ({"pid2": 2**63}, OverflowError),
+    ({"idx1": 2**31}, OverflowError), ({"idx2": 2**32}, OverflowError),
+    ({"idx2": -1}, OverflowError), ({"type": linux_clone.KCMP_VM, "idx1": 2**32}, OverflowError),
 ])
 def test_kcmp_bad_argument_types(change: Dict[str, Any], exc_type: type) -> None:
     args = {"pid1": os.getpid(), "pid2": os.getpid(), "type": linux_clone.KCMP_FILE,
@@ -770,6 +863,16 @@ def test_kcmp_unknown_type_is_einval(kcmp_type: int) -> None:
 def test_kcmp_missing_process_is_esrch() -> None:
     exc = raised(linux_clone.kcmp, os.getpid(), pid_beyond_pid_max(), linux_clone.KCMP_VM)
     assert (type(exc), exc.errno) == (ProcessLookupError, errno.ESRCH)
+
+
+def test_kcmp_an_fd_beyond_a_c_int_is_not_cut_to_another(regular_file: str) -> None:
+    # The kernel keeps the low 32 bits of an fd: r + 2**32 would have been r.
+    me = os.getpid()
+    with open(regular_file) as f:
+        r = f.fileno()
+        for idx1, idx2 in [(r, r + 2**32), (r + 2**32, r), (r, r + 2**63)]:
+            exc = raised(linux_clone.kcmp, me, me, linux_clone.KCMP_FILE, idx1, idx2)
+            assert type(exc) is OverflowError
 
 
 def test_kcmp_closed_fd_is_ebadf(closed_fd: int) -> None:
