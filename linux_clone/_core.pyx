@@ -790,7 +790,10 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
         raise ValueError("INTO_CGROUP goes with a cgroup: pass cgroup=")
     memset(&args, 0, sizeof(args))
     for i in range(n):
-        tids[i] = _index(set_tid[i])
+        try:
+            tids[i] = _index(set_tid[i])
+        except (TypeError, OverflowError) as exc:
+            raise type(exc)(f"set_tid[{i}]: {exc}") from None
     if n:
         args.set_tid = <uint64_t>tids
         args.set_tid_size = <uint64_t>n

@@ -860,6 +860,14 @@ def test_callable_object_that_clones_again(stack_size: int) -> None:
     assert wait_code(linux_clone.clone(Recloning(3), stack_size)) == 12
 
 
+@pytest.mark.parametrize("tid, exc_type", [("1", TypeError), (1.0, TypeError),
+                                            (1 << 31, OverflowError), (-(1 << 40), OverflowError)])
+def test_bad_set_tid_item_names_it(tid: Any, exc_type: type) -> None:
+    exc, clean = _raises_leaving_nothing(lambda: linux_clone.clone3(lambda: 0, set_tid=[5, tid]))
+    assert type(exc) is exc_type and str(exc).startswith("set_tid[1]: ")
+    assert clean
+
+
 def test_set_tid_list_changed_by_its_items(privileged: None) -> None:
     # What counts is the list as it was passed: its items are converted from a copy.
     tids: List[Any] = []
