@@ -84,15 +84,21 @@ def _check_setgroups(setgroups: Optional[str]) -> None:
 
 def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[], object],
                uid_map: Optional[IdMap], gid_map: Optional[IdMap],
-               setgroups: Optional[str], vfork: bool) -> object:
+               setgroups: Optional[str], flags: int) -> object:
     """Start a child with `start`, write its id maps from the parent while it waits on a
-    pipe, then let it run func.  A failure kills and reaps the child before it raises."""
-    if uid_map is None and gid_map is None and setgroups is None:
-        return start(func)
+    pipe, then let it run func.  A failure kills and reaps the child before it raises.
+    flags: the clone flags, converted already (start passes them on as they are)."""
+    if not callable(func):
+        raise TypeError(f"func must be callable, not {type(func).__name__}")
     _check_setgroups(setgroups)
-    if vfork:
+    if flags & CloneFlag.VFORK:
         raise ValueError("VFORK suspends the caller until the child execs or exits, so it "
                          "cannot write the child's id maps: drop VFORK or the maps")
+    if flags & CloneFlag.FILES:
+        # The child would wait on a pipe whose write end it cannot close (the fd table is the
+        # caller's too): a parent that dies before writing the maps would leave it waiting.
+        raise ValueError("FILES shares the fd table with the caller, so the child cannot wait "
+                         "for its id maps: drop FILES or the maps")
     uid_text = None if uid_map is None else _map_text(uid_map)
     gid_text = None if gid_map is None else _map_text(gid_map)
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
@@ -135,7 +141,10 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
 
     func: called with no arguments in the child; its return value (None -> 0) is the exit
         status, an uncaught exception prints its traceback and exits 1, SystemExit acts as at
-        the top level of a script.
+        the top level of a script (ints as sys.exit takes them: 2**63 exits 255).  Then, as
+        a multiprocessing child of CPython 3.13+, the child joins its non-daemon threads,
+        runs the atexit handlers it registered (not the parent's: they are dropped before
+        func), flushes sys.stdout and sys.stderr, and _exits.
     stack_size: 0 runs the child on a copy of the caller's stack, as after fork(); else the
         size of a dedicated stack, at least 64 KiB (rounded up to pages, with a guard page);
         the interpreter's recursion limits are fitted to it.
@@ -145,12 +154,15 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
         is then cloned by a forked helper, so it inherits no lock another thread holds;
         anything else is a RuntimeError.
     uid_map, gid_map: with NEWUSER, the child's id maps ("inner outer count" lines or
-        (inner, outer, count) tuples), written by the parent before func runs.
+        (inner, outer, count) tuples), written by the parent before func runs (not with
+        VFORK or FILES: ValueError).
     setgroups: "deny" or "allow", written to /proc/<pid>/setgroups before gid_map.
     """
+    if uid_map is None and gid_map is None and setgroups is None:
+        return _core.clone(func, stack_size, flags)  # type: ignore[no-any-return]
+    flags = operator.index(flags)  # once: _core takes an int as it is
     return _with_maps(lambda f: _core.clone(f, stack_size, flags), func,  # type: ignore
-                      uid_map, gid_map, setgroups,
-                      bool(operator.index(flags) & CloneFlag.VFORK))
+                      uid_map, gid_map, setgroups, flags)
 
 
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = signal.SIGCHLD,
@@ -160,18 +172,22 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = sig
     """Create a child process as clone3(2) does and call func() in it; return its pid.
 
     func, stack_size, uid_map, gid_map, setgroups: as for clone().
-    flags: CloneFlag bits without an exit signal (NEWTIME and CLEAR_SIGHAND are allowed here);
-        with PIDFD the result is (pid, pidfd).
+    flags: CloneFlag bits without an exit signal (ValueError; NEWTIME and CLEAR_SIGHAND are
+        allowed here); with PIDFD the result is (pid, pidfd).
     exit_signal: the signal the parent gets when the child exits (0 for none).
-    cgroup: an fd or path of a cgroup v2 directory to start the child in (CLONE_INTO_CGROUP).
+    cgroup: an fd or path of a cgroup v2 directory to start the child in (CLONE_INTO_CGROUP);
+        the fd opened for a path is closed, in the child too.
     set_tid: the pid to use in each pid namespace level, innermost first.
     A kernel without clone3 (before 5.3) raises OSError(ENOSYS).
     """
+    if uid_map is None and gid_map is None and setgroups is None:
+        return _core.clone3(func, flags, exit_signal=exit_signal,  # type: ignore
+                            stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
+    flags = operator.index(flags)  # once: _core takes an int as it is
     return _with_maps(lambda f: _core.clone3(f, flags, exit_signal=exit_signal,  # type: ignore
                                              stack_size=stack_size, cgroup=cgroup,
                                              set_tid=set_tid),
-                      func, uid_map, gid_map, setgroups,
-                      bool(operator.index(flags) & CloneFlag.VFORK))
+                      func, uid_map, gid_map, setgroups, flags)
 
 
 def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]],

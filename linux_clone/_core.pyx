@@ -2,6 +2,7 @@
 """The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, and the
 child entry of clone()/clone3()."""
 
+import atexit
 import os
 import sys
 
@@ -576,6 +577,7 @@ MIN_STACK_SIZE = 64 * 1024
 cdef object _child_func = None
 cdef char *_child_stack = NULL
 cdef size_t _child_stack_size = 0
+cdef int _child_close_fd = -1  # an fd the call opened (a cgroup path), closed by the child
 cdef ucontext_t _child_context
 
 
@@ -733,25 +735,36 @@ cdef void _child_on_stack() noexcept nogil:
 
 cdef void _child_start() noexcept:
     """First code of the child: the interpreter's after-fork work, then func()."""
+    global _child_func, _child_stack, _child_stack_size
+    # Read before the at-fork hooks run: a hook that calls clone() sets these for its own
+    # child (and clears _child_func when that clone returns).
+    cdef object func = _child_func
+    cdef char *stack = _child_stack
+    cdef size_t stack_size = _child_stack_size
+    if _child_close_fd >= 0:
+        close(_child_close_fd)
     PyOS_AfterFork_Child()
-    if _child_stack != NULL:
+    if stack != NULL:
         # Continue on the dedicated stack; the copy of the caller's stack is never used again.
+        # _child_on_stack takes no arguments (makecontext passes ints only): it reads these.
+        _child_func, _child_stack, _child_stack_size = func, stack, stack_size
         getcontext(&_child_context)
-        _child_context.uc_stack.ss_sp = _child_stack
-        _child_context.uc_stack.ss_size = _child_stack_size
+        _child_context.uc_stack.ss_sp = stack
+        _child_context.uc_stack.ss_size = stack_size
         _child_context.uc_link = NULL
         makecontext(&_child_context, _child_on_stack, 0)
-        lc_stack_switch_start(_child_stack, _child_stack_size)
+        lc_stack_switch_start(stack, stack_size)
         setcontext(&_child_context)
         _exit(127)  # setcontext returns only on failure
-    _child_main(_child_func)
+    _child_main(func)
 
 
 cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
-                   int exit_signal, lc_clone_args *args):
+                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
-    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD)."""
-    global _child_func, _child_stack, _child_stack_size
+    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
+    opened for this call, which the child closes first (the caller closes its own)."""
+    global _child_func, _child_stack, _child_stack_size, _child_close_fd
     cdef _Stack stack = None
     cdef int pidfd = -1, err = 0
     cdef pid_t pid
@@ -790,6 +803,8 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     _child_func = func
     _child_stack = stack.base + _page_size if stack is not None else NULL
     _child_stack_size = stack.length - _page_size if stack is not None else 0
+    # With a shared fd table the caller's close is the only one.
+    _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
     if direct:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
@@ -839,20 +854,28 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
     ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone3 adds the id maps."""
     cdef unsigned long long c_flags = _index(flags)
     cdef int c_exit_signal = _index(exit_signal)
+    cdef Py_ssize_t c_stack_size = _index(stack_size)
     cdef lc_clone_args args
     cdef pid_t tids[32]
     cdef Py_ssize_t i, n
+    cdef _Ns group = None
     if not isinstance(set_tid, (list, tuple)):
         raise TypeError(f"set_tid must be a list or tuple, not {type(set_tid).__name__}")
+    set_tid = tuple(set_tid)  # the items' __index__ may change a list under us
     n = len(set_tid)
-    cdef _Ns group = None
     if n > MAX_PID_NS_LEVEL:
         raise ValueError(f"set_tid has at most {MAX_PID_NS_LEVEL} pids, not {n}")
+    if c_flags & CSIGNAL & ~CLONE_NEWTIME:
+        raise ValueError("clone3's flags take no exit signal (bits 0x7f): pass it as "
+                         "exit_signal=")
     if c_flags & CLONE_INTO_CGROUP and cgroup is None:
         raise ValueError("INTO_CGROUP goes with a cgroup: pass cgroup=")
     memset(&args, 0, sizeof(args))
     for i in range(n):
-        tids[i] = _index(set_tid[i])
+        try:
+            tids[i] = _index(set_tid[i])
+        except (TypeError, OverflowError) as exc:
+            raise type(exc)(f"set_tid[{i}]: {exc}") from None
     if n:
         args.set_tid = <uint64_t>tids
         args.set_tid_size = <uint64_t>n
@@ -861,7 +884,8 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
         args.cgroup = <uint64_t>group.fd
         c_flags |= CLONE_INTO_CGROUP
     try:
-        return _clone(func, _index(stack_size), c_flags, c_exit_signal, &args)
+        return _clone(func, c_stack_size, c_flags, c_exit_signal, &args,
+                      group.fd if group is not None and group.path is not None else -1)
     except OSError as exc:
         if group is None or group.path is None or exc.filename is not None:
             raise
@@ -1107,41 +1131,63 @@ cdef list _environ(env):
 
 # ---- clone: the child side ----
 
-cdef int _exit_status(object code) except? -1:
-    """The exit status for a return value or SystemExit code, as the interpreter's top level
-    turns `sys.exit(code)` into one."""
+cdef int _exit_status(object code) noexcept:
+    """The exit status for None or an int, as the interpreter's top level passes
+    `sys.exit(code)` to exit(): (int)PyLong_AsLong(code), -1 (255) when it overflows a long."""
     if code is None:
         return 0
-    if isinstance(code, int):
-        return <int>(code & 0xFF)
-    return -1
+    try:
+        return <int>PyLong_AsLong(code)
+    except OverflowError:
+        return -1
+
+
+cdef void _report_exception() noexcept:
+    """Print the exception being handled, as the top level does; a failing hook is ignored."""
+    try:
+        sys.excepthook(*sys.exc_info())
+    except BaseException:
+        pass
 
 
 cdef void _child_main(object func) noexcept:
-    """Run func() in the child and _exit with its status; never returns."""
+    """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
+    (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
+    non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
+    registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
     cdef int status = 1
     try:
         try:
-            result = func()
+            atexit._clear()
+            code = func()
         except SystemExit as exc:
-            status = _exit_status(exc.code)
-            if status == -1:
-                print(exc.code, file=sys.stderr)
-                status = 1
+            code = exc.code
+            if code is not None and not PyLong_Check(code):
+                print(code, file=sys.stderr)
+                code = 1
         else:
-            status = _exit_status(result)
-            if status == -1:
-                raise TypeError(f"clone child returned {type(result).__name__}, "
+            if code is not None and not PyLong_Check(code):
+                raise TypeError(f"clone child returned {type(code).__name__}, "
                                 f"not an int or None")
+        status = _exit_status(code)
     except BaseException:
         status = 1
+        _report_exception()
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except BaseException:
+        _report_exception()
+    try:
         try:
-            sys.excepthook(*sys.exc_info())
+            atexit._run_exitfuncs()
         except BaseException:
-            pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    _exit(status)
+            pass  # printed already (3.9 raises the last one again, too)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+    finally:
+        _exit(status)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -152,6 +152,59 @@ def test_system_exit_acts_as_at_top_level(code: Any, status: int, message: str,
     assert capfd.readouterr().err == message
 
 
+class _TwistedInt(int):
+    """An int whose arithmetic and conversions lie: only its value may count."""
+    def __and__(self, other: Any) -> int:
+        return 0
+
+    def __index__(self) -> int:
+        return 0
+
+    def __int__(self) -> int:
+        return 0
+
+
+EXIT_CODES = [0, 1, 255, 256, -1, -255, 2**31 - 1, 2**31, 2**32 + 3, 2**63 - 1, 2**63,
+              -2**63, -2**63 - 1, 2**100, True, False, _TwistedInt(7), _TwistedInt(2**64)]
+
+# The interpreter's own answer: sys.exit(code) at the top level of a forked child.
+TOP_LEVEL_EXIT = """
+import os, sys
+class _TwistedInt(int):
+    __and__ = __index__ = __int__ = lambda *args: 0
+codes = [0, 1, 255, 256, -1, -255, 2**31 - 1, 2**31, 2**32 + 3, 2**63 - 1, 2**63,
+         -2**63, -2**63 - 1, 2**100, True, False, _TwistedInt(7), _TwistedInt(2**64)]
+statuses = []
+for code in codes:
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(code)
+    statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(statuses)
+"""
+
+
+@pytest.fixture(scope="module")
+def top_level_exit_statuses() -> List[int]:
+    proc = run_python(TOP_LEVEL_EXIT)
+    assert proc.returncode == 0, proc.stderr.decode()
+    statuses = eval(proc.stdout)
+    assert len(statuses) == len(EXIT_CODES) and statuses[EXIT_CODES.index(2**63)] == 255
+    return statuses  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("how", ["return", "sys.exit"])
+def test_int_exit_codes_as_the_interpreter_exits(how: str,
+                                                 top_level_exit_statuses: List[int]) -> None:
+    # (int)PyLong_AsLong(code), -1 on overflow: 2**63 is 255, never 0; 256 and 2**31 are 0
+    # at the top level too.
+    statuses = []
+    for code in EXIT_CODES:
+        func = (lambda code=code: code) if how == "return" else (lambda code=code: sys.exit(code))
+        statuses.append(wait_code(linux_clone.clone(func)))
+    assert statuses == top_level_exit_statuses
+
+
 @pytest.mark.parametrize("stack_size", [0, 1 << 20])
 @pytest.mark.parametrize("func", [lambda: 0, lambda: 1 // 0, lambda: sys.exit(3)],
                          ids=["return", "raise", "sys.exit"])
@@ -198,6 +251,42 @@ def test_at_fork_hooks_run(threads: int, stack_size: int) -> None:
         "child ['before', 'after_in_child']",
         "parent ['before', 'after_in_parent'] 0",
     ]
+
+
+NESTED_IN_HOOK = """
+import os, sys, linux_clone
+kind, outer_stack, inner_stack = sys.stdin.read().split()
+state = {"busy": False, "inner": None}
+
+def hook():
+    if not state["busy"]:  # the inner clone runs the hooks again
+        state["busy"] = True
+        state["inner"] = linux_clone.clone(lambda: 2, int(inner_stack))
+
+def outer():
+    if kind == "after_in_child":  # the inner child is this child's own
+        return 40 + os.waitstatus_to_exitcode(os.waitpid(state["inner"], 0)[1])
+    return 40
+
+os.register_at_fork(**{kind: hook})
+pid = linux_clone.clone(outer, int(outer_stack))
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])]
+if kind != "after_in_child":
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(state["inner"], 0)[1]))
+print(codes)
+"""
+
+
+@pytest.mark.parametrize("kind", ["before", "after_in_parent", "after_in_child"])
+@pytest.mark.parametrize("outer_stack, inner_stack", [(0, 0), (1 << 20, 0), (0, 1 << 20),
+                                                      (1 << 20, 1 << 20)])
+def test_clone_in_an_at_fork_hook_runs_its_own_func(kind: str, outer_stack: int,
+                                                     inner_stack: int) -> None:
+    proc = run_python(NESTED_IN_HOOK, input=f"{kind} {outer_stack} {inner_stack}".encode(),
+                      timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode() == ("[42]\n" if kind == "after_in_child" else "[40, 2]\n")
+    assert proc.stderr == b""
 
 
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
@@ -261,6 +350,49 @@ def test_threads_work_in_child(variant: Any) -> None:
         return sum(squares), sorted(results) == list(range(50)), threading.active_count()
 
     assert clone_variant(child, variant) == (sum(n * n for n in range(50)), True, 1)
+
+
+CHILD_EXIT = """
+import atexit, os, sys, threading, time, linux_clone
+from concurrent.futures import ThreadPoolExecutor
+atexit.register(print, "parent's atexit handler")
+
+def child():
+    def work(name):
+        time.sleep(0.3)
+        print(name, "done", flush=True)
+
+    worker = threading.Thread(target=work, args=("thread",))
+    worker.start()
+    ThreadPoolExecutor(1).submit(work, "pool")  # never shut down: its atexit hook joins it
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # not waited for
+    atexit.register(lambda: print("child's atexit handler, thread alive:", worker.is_alive()))
+    print("func returns")
+    if ending == "return":
+        return 3
+    if ending == "sys.exit":
+        sys.exit(4)
+    raise KeyError("k")
+
+ending, stack_size = sys.stdin.read().split()
+pid = linux_clone.clone(child, int(stack_size))
+print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending, code", [("return", 3), ("sys.exit", 4), ("raise", 1)])
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+def test_child_exits_as_a_multiprocessing_child(ending: str, code: int,
+                                                stack_size: int) -> None:
+    # Non-daemon threads are joined, then the child's own atexit handlers run; the parent's
+    # do not (they would run the parent's cleanup again).
+    proc = run_python(CHILD_EXIT, input=f"{ending} {stack_size}".encode(), timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] == "func returns"
+    assert sorted(lines[1:3]) == ["pool done", "thread done"]
+    assert lines[3:] == ["child's atexit handler, thread alive: False", f"exit {code}",
+                         "parent's atexit handler"]
 
 
 # ---- output: written once, never lost ----
@@ -560,6 +692,24 @@ def test_bad_stack_size(stack_size: int, exc_type: type, err: Any) -> None:
     assert clean
 
 
+def _raises_leaving_nothing(call: Callable[[], Any]) -> Any:
+    """As _raises_without_a_child, and the call must leave no fd open either."""
+    def attempt() -> Any:
+        chld = []
+        signal.signal(signal.SIGCHLD, lambda *_: chld.append(1))
+        fds = os.listdir("/proc/self/fd")
+        try:
+            call()
+        except BaseException as exc:
+            raised = exc
+        else:
+            raise AssertionError("the call did not raise")
+        return raised, (no_children_left() and not chld
+                        and os.listdir("/proc/self/fd") == fds)
+
+    return in_child(attempt)
+
+
 # ---- bad arguments ----
 
 @pytest.mark.parametrize("func", [42, None, "print"])
@@ -605,6 +755,202 @@ def test_into_cgroup_needs_a_cgroup() -> None:
         lambda: linux_clone.clone(lambda: 0, 0, linux_clone.INTO_CGROUP | SIGCHLD))
     assert isinstance(exc, ValueError) and "cgroup" in str(exc)
     assert clean
+
+
+def test_clone3_flags_with_an_exit_signal() -> None:
+    exc, clean = _raises_without_a_child(lambda: linux_clone.clone3(lambda: 0, SIGCHLD))
+    assert isinstance(exc, ValueError) and "exit_signal" in str(exc)
+    assert clean
+
+
+class Shifty:
+    """An int argument whose __index__ gives the next of `values` on each call."""
+    def __init__(self, *values: Any) -> None:
+        self.values, self.calls = list(values), 0
+
+    def __index__(self) -> int:
+        self.calls += 1
+        value = self.values[min(self.calls, len(self.values)) - 1]
+        if isinstance(value, BaseException):
+            raise value
+        return int(value)
+
+
+CONVERTED_TWICE = AssertionError("converted a second time")
+
+
+@pytest.mark.parametrize("call, names", [
+    ("clone(func, stack_size, flags)", ["stack_size", "flags"]),
+    ("clone(func, stack_size, flags, uid_map='0 0 1')", ["stack_size", "flags"]),
+    ("clone3(func, flags, exit_signal=exit_signal, stack_size=stack_size, set_tid=[tid])",
+     ["flags", "exit_signal", "stack_size", "tid"]),
+    ("clone3(func, flags, exit_signal=exit_signal, stack_size=stack_size, uid_map='0 0 1')",
+     ["flags", "exit_signal", "stack_size"]),
+], ids=["clone", "clone-maps", "clone3", "clone3-maps"])
+def test_each_argument_is_converted_once(call: str, names: List[str],
+                                         privileged: None) -> None:
+    values = {"stack_size": 1 << 20, "exit_signal": SIGCHLD, "tid": 1,
+              "flags": NEWUSER | NEWPID | (SIGCHLD if call.startswith("clone(") else 0)}
+    args = {name: Shifty(values[name], CONVERTED_TWICE) for name in values}
+    pid = eval(call, vars(linux_clone), {"func": lambda: 40 + os.getpid(), **args})
+    assert wait_code(pid) == 41  # pid 1 in its new pid namespace
+    assert {name: args[name].calls for name in names} == {name: 1 for name in names}
+
+
+FLAGS_BECOME_VFORK = """
+import os, linux_clone
+from linux_clone import NEWUSER, VFORK
+class Shifty:
+    calls = 0
+    def __index__(self):
+        self.calls += 1
+        return NEWUSER | 17 | (VFORK if self.calls > 1 else 0)
+flags = Shifty()
+pid = linux_clone.clone(lambda: os.getuid(), 0, flags, uid_map="0 0 1")
+print(flags.calls, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_flags_that_become_vfork_on_a_second_look(privileged: None) -> None:
+    # Converted twice, the first answer passed the VFORK check and the second made a VFORK
+    # child that waits for maps from a parent suspended until it exits.
+    proc = run_python(FLAGS_BECOME_VFORK, timeout=30)
+    assert (proc.stdout, proc.stderr) == (b"1 0\n", b"")
+
+
+@pytest.mark.parametrize("call", [
+    "clone(func, bad)", "clone(func, 0, bad)", "clone(func, 0, bad, uid_map='0 0 1')",
+    "clone3(func, bad)", "clone3(func, exit_signal=bad)", "clone3(func, stack_size=bad)",
+    "clone3(func, set_tid=[bad], cgroup=path)", "clone3(func, stack_size=bad, cgroup=path)",
+    "clone3(func, bad, uid_map='0 0 1')",
+])
+def test_index_that_raises(call: str, tmp_path: Any) -> None:
+    bad = Shifty(LookupError("from __index__"))
+    exc, clean = _raises_leaving_nothing(
+        lambda: eval(call, vars(linux_clone),
+                     {"func": lambda: 0, "bad": bad, "path": str(tmp_path)}))
+    assert isinstance(exc, LookupError) and str(exc) == "from __index__"
+    assert clean
+
+
+def test_index_that_clones() -> None:
+    inner = []
+
+    class Cloning:
+        def __index__(self) -> int:
+            inner.append(linux_clone.clone(lambda: 6))
+            return int(SIGCHLD)
+
+    pid = linux_clone.clone(lambda: 5, 0, Cloning())
+    assert (wait_code(pid), [wait_code(p) for p in inner]) == (5, [6])
+
+
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+def test_callable_object_that_clones_again(stack_size: int) -> None:
+    class Recloning:
+        def __init__(self, depth: int) -> None:
+            self.depth = depth
+
+        def __call__(self) -> int:
+            if self.depth == 0:
+                return 9
+            child = linux_clone.clone(Recloning(self.depth - 1), stack_size)
+            return 1 + wait_code(child)
+
+    assert wait_code(linux_clone.clone(Recloning(3), stack_size)) == 12
+
+
+@pytest.mark.parametrize("tid, exc_type", [("1", TypeError), (1.0, TypeError),
+                                            (1 << 31, OverflowError), (-(1 << 40), OverflowError)])
+def test_bad_set_tid_item_names_it(tid: Any, exc_type: type) -> None:
+    exc, clean = _raises_leaving_nothing(lambda: linux_clone.clone3(lambda: 0, set_tid=[5, tid]))
+    assert type(exc) is exc_type and str(exc).startswith("set_tid[1]: ")
+    assert clean
+
+
+def test_set_tid_list_changed_by_its_items(privileged: None) -> None:
+    # What counts is the list as it was passed: its items are converted from a copy.
+    tids: List[Any] = []
+
+    class Emptying:
+        def __index__(self) -> int:
+            tids.clear()
+            return 1
+
+    tids.append(Emptying())
+    pid = linux_clone.clone3(lambda: 30 + os.getpid(), NEWPID, set_tid=tids)
+    assert wait_code(pid) == 31
+
+
+@pytest.fixture
+def cgroup_path(privileged: None) -> Iterator[str]:
+    """A new cgroup v2 directory, removed after the test."""
+    with open("/proc/self/mounts") as f:
+        mounts = [fields[1] for fields in map(str.split, f) if fields[2] == "cgroup2"]
+    if not mounts:
+        pytest.skip("no cgroup2 mount")
+    path = os.path.join(mounts[0], f"linux_clone-test-clone-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        for _ in range(200):
+            try:
+                os.rmdir(path)
+                break
+            except OSError as exc:  # EBUSY until the last exited member is released
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.005)
+
+
+def _fd_targets() -> List[str]:
+    """What the open fds of this process are, as /proc/self/fd links read."""
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+        except FileNotFoundError:  # the directory listdir had open
+            pass
+    return targets
+
+
+@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
+def test_clone3_child_holds_no_cgroup_fd_it_did_not_open(stack_size: int, threads: int,
+                                                          cgroup_path: str) -> None:
+    mine = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with running_threads(threads):
+            by_path = in_clone(lambda child: linux_clone.clone3(
+                child, stack_size=stack_size, cgroup=cgroup_path), _fd_targets)
+            by_fd = in_clone(lambda child: linux_clone.clone3(
+                child, stack_size=stack_size, cgroup=mine), _fd_targets)
+    finally:
+        os.close(mine)
+    assert by_path[0] == 0 and by_path[1].count(cgroup_path) == 1  # the caller's `mine`
+    assert by_fd[0] == 0 and by_fd[1].count(cgroup_path) == 1  # the caller's fd is its own
+
+
+def test_clone3_files_cgroup_fd_is_closed_by_the_caller(cgroup_path: str) -> None:
+    # With a shared fd table the child does not close the cgroup fd: the caller's close is
+    # the one (a second close could hit an fd the child has opened under that number).
+    def attempt() -> Any:
+        rfd, wfd = os.pipe()
+
+        def child() -> int:
+            os.read(rfd, 1)  # until the caller's clone3() has returned
+            return 50 + (cgroup_path in _fd_targets())
+
+        pid = linux_clone.clone3(child, linux_clone.FILES, cgroup=cgroup_path)
+        os.write(wfd, b"g")
+        code = wait_code(pid)
+        os.close(rfd)
+        os.close(wfd)
+        return code, _fd_targets()
+
+    code, left = in_child(attempt)
+    assert code == 50 and cgroup_path not in left
 
 
 def test_clear_sighand_is_a_clone3_flag_that_clone_passes_on() -> None:
@@ -722,6 +1068,26 @@ def test_bad_map_raises_in_parent_and_reaps_child(unprivileged: bool, maps: Dict
     assert clean, "the child was left behind"
     assert ran == b"", "func ran in spite of the failed map"
     assert leaked == 0
+
+
+@pytest.mark.parametrize("call", [
+    "clone(func, 0, NEWUSER | FILES | 17, uid_map='0 0 1')",
+    "clone(func, 0, NEWUSER | FILES | 17, setgroups='deny')",
+    "clone3(func, NEWUSER | FILES, gid_map='0 0 1')",
+])
+def test_files_with_maps_is_a_value_error(call: str) -> None:
+    # With a shared fd table the child cannot wait on a pipe of its own for the maps.
+    exc, clean = _raises_leaving_nothing(lambda: eval(call, vars(linux_clone),
+                                                      {"func": lambda: 0}))
+    assert isinstance(exc, ValueError) and "FILES" in str(exc)
+    assert clean
+
+
+def test_func_not_callable_with_maps() -> None:
+    exc, clean = _raises_without_a_child(
+        lambda: linux_clone.clone(None, 0, NEWUSER | SIGCHLD, uid_map="0 0 1"))
+    assert isinstance(exc, TypeError) and "callable" in str(exc)
+    assert clean
 
 
 @pytest.mark.parametrize("maps", [
