@@ -18,7 +18,7 @@ from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLong, PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from libc.limits cimport INT_MAX
 
