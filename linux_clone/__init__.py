@@ -213,9 +213,14 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     flags: CloneFlag NEW* bits.
     env: the environment (default: os.environ); cwd: the directory to run in.
     uid_map, gid_map: with NEWUSER, the id maps, written while the child waits ("deny" goes
-        to setgroups first when the caller is not root, as the kernel then requires).
-    hostname: set in the new UTS namespace (needs NEWUTS); loopback: bring up lo (needs NEWNET).
-    An exec failure raises the OSError it was (errno kept, filename argv[0]) in the parent.
+        to setgroups first when the caller is not root, as the kernel then requires); a
+        failed write is an OSError whose filename is the /proc/<pid>/ file.
+    hostname: set in the new UTS namespace (needs NEWUTS), at most 64 bytes; loopback: bring
+        up lo (needs NEWNET).
+    The program starts with the caller's signal mask, and SIG_DFL for the signals the caller
+    catches and for SIGPIPE and SIGXFSZ (as subprocess gives them).  A failure in the child
+    raises the OSError it was (errno kept) in the parent: filename is argv[0] for exec, cwd
+    for chdir, and the message names any other step.
     """
     before_start = None
     if uid_map is not None or gid_map is not None:

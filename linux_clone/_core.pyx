@@ -791,7 +791,7 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
 
 # ---- spawn: a program in new namespaces, vfork-style ----
 
-from libc.errno cimport EINVAL, ENOSYS
+from libc.errno cimport ENOSYS
 from posix.unistd cimport getpid
 
 cdef extern from *:

@@ -1383,3 +1383,38 @@ def test_spawn_env_items_raising() -> None:
         lambda: linux_clone.spawn(["/bin/true"], env=_Env("raise", X="1")))
     assert type(exc) is KeyError
     assert clean and leaked == 0
+
+
+def _orphan_waiting_for_maps(flags: int) -> Any:
+    """As a subreaper, start a parent that spawns a child with id maps and dies before it
+    writes them; the child's exit code (or "hung") and any process left."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    r, w = os.pipe()
+    parent = os.fork()
+    if parent == 0:
+        def die(pid: int) -> None:
+            os.write(w, b"%d\n" % pid)
+            os._exit(0)
+        linux_clone._core.spawn(["/bin/true"], NEWUSER | flags, before_start=die)
+        os._exit(3)
+    os.close(w)
+    child = int(os.read(r, 32))
+    assert wait_code(parent) == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status), children_of(os.getpid())
+        time.sleep(0.01)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return "hung", children_of(os.getpid())
+
+
+@pytest.mark.parametrize("flags", [0, NEWPID], ids=["plain", "NEWPID"])
+def test_spawn_child_dies_with_its_parent(flags: int, privileged: None) -> None:
+    # No pipe tells the child that its parent died (another process may hold a copy of it):
+    # PR_SET_PDEATHSIG does, also in a new pid namespace, where getppid() is 0 either way.
+    assert in_child(_orphan_waiting_for_maps, flags) == (-signal.SIGKILL, [])
