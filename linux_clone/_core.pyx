@@ -826,7 +826,8 @@ cdef extern from *:
        any process forked meanwhile by another thread would hold a copy of a pipe's ends.
        Shared (not _PRIVATE) futexes, as the kernel's CLONE_CHILD_CLEARTID wake is one.
        All signals are blocked around both waits, so only a wake or a changed word ends
-       them. */
+       them; and neither side's futex call fails while the other may read errno, which the
+       child shares with the parent's thread (it has no TLS of its own). */
     static inline void lc_futex_wait_while(int *word, int value) {
         while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
             syscall(SYS_futex, word, FUTEX_WAIT, value, NULL, NULL, 0);
