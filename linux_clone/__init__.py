@@ -44,35 +44,63 @@ WALL = _core.WAIT_ALL  # __WALL, for os.waitpid on a child whose exit signal is 
 IdMap = Union[str, Iterable[Tuple[int, int, int]]]
 
 
-def _map_text(idmap: IdMap) -> bytes:
-    """The uid_map/gid_map text for "inner outer count" lines or (inner, outer, count) tuples."""
+def _map_text(idmap: IdMap, name: str = "id map") -> bytes:
+    """The uid_map/gid_map text for "inner outer count" lines or (inner, outer, count) tuples
+    of ints (bools are refused: an id of True is a mistake); anything else is a TypeError, a
+    number out of range a ValueError.  `name` is the argument's name, for the messages."""
     if isinstance(idmap, str):
-        lines = [line.split() for line in idmap.strip().splitlines()]
+        lines = [[_map_field(field, name) for field in line.split()]
+                 for line in idmap.strip().splitlines()]
+    elif isinstance(idmap, (bytes, bytearray, memoryview, Mapping)) or not hasattr(
+            idmap, "__iter__"):
+        raise TypeError(f"{name} must be 'inner outer count' lines (a str) or (inner, outer, "
+                        f"count) tuples of ints, not {type(idmap).__name__}")
     else:
-        lines = [list(entry) for entry in idmap]
+        lines = [_map_entry(entry, name) for entry in idmap]
     if not lines:
-        raise ValueError("an id map needs at least one line")
+        raise ValueError(f"{name} needs at least one line")
     out = []
-    for fields in lines:
-        if len(fields) != 3:
-            raise ValueError(f"an id map line is 'inner outer count', not {fields!r}")
-        numbers = [int(field) for field in fields]
+    for numbers in lines:
+        if len(numbers) != 3:
+            raise ValueError(f"an id map line is 'inner outer count', not {numbers!r}")
         if any(n < 0 or n > 0xFFFFFFFF for n in numbers) or numbers[2] == 0:
-            raise ValueError(f"id map line out of range: {fields!r}")
+            raise ValueError(f"id map line out of range: {numbers!r}")
         out.append("%d %d %d\n" % tuple(numbers))
     return "".join(out).encode()
 
 
+def _map_field(field: str, name: str) -> int:
+    if not (field.isascii() and field.isdigit()):  # as the kernel reads them, no "+1", "1_0"
+        raise ValueError(f"{name}: {field!r} is not a decimal number")
+    return int(field)
+
+
+def _map_entry(entry: object, name: str) -> list:
+    if not isinstance(entry, (tuple, list)):
+        raise TypeError(f"{name} entries must be (inner, outer, count) tuples of ints, "
+                        f"not {type(entry).__name__}")
+    numbers = []
+    for field in entry:
+        if isinstance(field, bool) or not hasattr(type(field), "__index__"):
+            raise TypeError(f"{name} ids must be ints, not {type(field).__name__}")
+        numbers.append(operator.index(field))
+    return numbers
+
+
 def _write_maps(pid: int, uid_text: Optional[bytes], setgroups: Optional[str],
                 gid_text: Optional[bytes]) -> None:
-    """Write /proc/<pid>/uid_map, setgroups and gid_map, in the order the kernel needs."""
+    """Write /proc/<pid>/uid_map, setgroups and gid_map, in the order the kernel needs; a
+    failure is an OSError whose filename is the file."""
     for name, data in (("uid_map", uid_text),
                        ("setgroups", None if setgroups is None else setgroups.encode()),
                        ("gid_map", gid_text)):
         if data is not None:
-            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            path = f"/proc/{pid}/{name}"
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, data)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from None
             finally:
                 os.close(fd)
 
@@ -203,14 +231,19 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     flags: CloneFlag NEW* bits.
     env: the environment (default: os.environ); cwd: the directory to run in.
     uid_map, gid_map: with NEWUSER, the id maps, written while the child waits ("deny" goes
-        to setgroups first when the caller is not root, as the kernel then requires).
-    hostname: set in the new UTS namespace (needs NEWUTS); loopback: bring up lo (needs NEWNET).
-    An exec failure raises the OSError it was (errno kept, filename argv[0]) in the parent.
+        to setgroups first when the caller is not root, as the kernel then requires); a
+        failed write is an OSError whose filename is the /proc/<pid>/ file.
+    hostname: set in the new UTS namespace (needs NEWUTS), at most 64 bytes; loopback: bring
+        up lo (needs NEWNET).
+    The program starts with the caller's signal mask, and SIG_DFL for the signals the caller
+    catches and for SIGPIPE and SIGXFSZ (as subprocess gives them).  A failure in the child
+    raises the OSError it was (errno kept) in the parent: filename is argv[0] for exec, cwd
+    for chdir, and the message names any other step.
     """
     before_start = None
     if uid_map is not None or gid_map is not None:
-        uid_text = None if uid_map is None else _map_text(uid_map)
-        gid_text = None if gid_map is None else _map_text(gid_map)
+        uid_text = None if uid_map is None else _map_text(uid_map, "uid_map")
+        gid_text = None if gid_map is None else _map_text(gid_map, "gid_map")
         setgroups = "deny" if gid_text is not None and os.geteuid() != 0 else None
 
         def before_start(pid: int) -> None:

@@ -897,20 +897,29 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
 
 # ---- spawn: a program in new namespaces, vfork-style ----
 
+from libc.errno cimport ENOSYS
+from posix.unistd cimport getpid
+
 cdef extern from *:
     """
+    #include <linux/futex.h>
+    #include <poll.h>
     #include <signal.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
     /* A spawn child shares the parent's memory, so none of the parent's signal handlers may
        run in it: every caught signal goes back to SIG_DFL, then the parent's mask returns,
-       as in posix_spawn.  glibc's internal signals (32 up to SIGRTMIN) are left alone. */
+       as in posix_spawn.  SIGPIPE and SIGXFSZ, which Python ignores, go back to SIG_DFL too,
+       as subprocess's restore_signals does.  glibc's internal signals (32 up to SIGRTMIN)
+       are left alone. */
     static inline void lc_reset_signals(const sigset_t *mask) {
         struct sigaction sa;
         int sig;
         for (sig = 1; sig < _NSIG; sig++) {
             if (sig >= 32 && sig < SIGRTMIN)
                 continue;
-            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN
-                    && sa.sa_handler != SIG_DFL) {
+            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
+                    && (sa.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
                 memset(&sa, 0, sizeof sa);
                 sa.sa_handler = SIG_DFL;
                 sigaction(sig, &sa, NULL);
@@ -918,14 +927,49 @@ cdef extern from *:
         }
         sigprocmask(SIG_SETMASK, mask, NULL);
     }
+
+    /* Futex words shared by the parent and a spawn child with id maps, in place of pipes:
+       any process forked meanwhile by another thread would hold a copy of a pipe's ends.
+       Shared (not _PRIVATE) futexes, as the kernel's CLONE_CHILD_CLEARTID wake is one.
+       All signals are blocked around both waits, so only a wake or a changed word ends
+       them; and neither side's futex call fails while the other may read errno, which the
+       child shares with the parent's thread (it has no TLS of its own). */
+    static inline void lc_futex_wait_while(int *word, int value) {
+        while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
+            syscall(SYS_futex, word, FUTEX_WAIT, value, NULL, NULL, 0);
+    }
+    static inline void lc_futex_set(int *word, int value) {
+        __atomic_store_n(word, value, __ATOMIC_RELEASE);
+        syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+
+    /* Whether the parent of a spawn child died before PR_SET_PDEATHSIG was armed: its pidfd
+       is readable once it has exited.  Without pidfds (Linux < 5.3), getppid() tells outside
+       a new pid namespace; inside one it is 0 either way. */
+    static inline int lc_parent_gone(int pidfd, pid_t parent, int newpid) {
+        struct pollfd p;
+        if (pidfd < 0)
+            return !newpid && getppid() != parent;
+        p.fd = pidfd;
+        p.events = POLLIN;
+        p.revents = 0;
+        return poll(&p, 1, 0) != 0;
+    }
     """
     void lc_reset_signals(const sigset_t *mask) nogil
+    void lc_futex_wait_while(int *word, int value) nogil
+    void lc_futex_set(int *word, int value) nogil
+    bint lc_parent_gone(int pidfd, pid_t parent, bint newpid) nogil
 
 cdef extern from "<signal.h>" nogil:
     int sigfillset(sigset_t *s)
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
     const int SIG_SETMASK
-    int kill(pid_t pid, int sig)
+
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+              unsigned long arg5)
+    const int PR_SET_PDEATHSIG
 
 cdef extern from "<unistd.h>" nogil:
     int execve(const char *path, char *const argv[], char *const envp[])
@@ -936,6 +980,13 @@ cdef extern from "<unistd.h>" nogil:
 cdef enum _Stage:
     STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_CWD, STAGE_EXEC
 
+# What the child was doing when a stage failed, for the OSError's message.
+cdef tuple _STAGE_STEPS = (None, "waiting for its id maps", "unshare(CLONE_NEWTIME)",
+                           "sethostname", "bringing up lo", "chdir", "execve")
+
+cdef enum _Go:
+    GO_WAIT, GO_RUN, GO_ABORT   # the parent's word to a child waiting for its id maps
+
 cdef struct _SpawnRequest:
     char **argv
     char **envp
@@ -945,8 +996,12 @@ cdef struct _SpawnRequest:
     size_t hostname_len
     bint loopback
     bint newtime
-    int go_fd           # >= 0: wait for the parent's byte (it writes the id maps first)
-    int go_write_fd     # the other end, closed first so that a dead parent means EOF
+    bint newpid
+    bint maps           # wait for `go` (the parent writes the id maps first)
+    int go              # a _Go, set by the parent
+    int done            # nonzero until the child execs or exits (CLONE_CHILD_CLEARTID)
+    int parent_pidfd    # the parent's pidfd (-1 without pidfds), for lc_parent_gone
+    pid_t parent_pid
     sigset_t mask       # the parent's signal mask, restored before exec
     int err             # set by the child on failure (the memory is shared)
     int stage
@@ -981,13 +1036,18 @@ cdef int _spawn_fail(_SpawnRequest *req, int stage, int err) noexcept nogil:
 cdef int _spawn_child(void *arg) noexcept nogil:
     """The child of spawn(): syscalls only (it shares the parent's memory), then execve."""
     cdef _SpawnRequest *req = <_SpawnRequest *>arg
-    cdef char go = 0
     cdef char **path = req.paths
     cdef int err = 0
-    if req.go_fd >= 0:
-        close(req.go_write_fd)
-        if read(req.go_fd, &go, 1) != 1:
+    if req.maps:
+        # A parent that dies before `go` never sends it: PDEATHSIG ends the wait, and a
+        # parent already dead when it is armed is seen by lc_parent_gone.
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == -1
+                or lc_parent_gone(req.parent_pidfd, req.parent_pid, req.newpid)):
             return _spawn_fail(req, STAGE_MAPS, ECHILD)
+        lc_futex_wait_while(&req.go, GO_WAIT)
+        if req.go != GO_RUN:
+            _exit(127)  # the parent raises what failed
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
     lc_reset_signals(&req.mask)
     # The new time namespace is the children's one; execve moves the process into it.
     if req.newtime and sys_unshare(<int>CLONE_NEWTIME) == -1:
@@ -1008,6 +1068,7 @@ cdef int _spawn_child(void *arg) noexcept nogil:
 
 
 SPAWN_STACK_SIZE = 64 * 1024
+HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
 cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
                                         | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
                                         | CLONE_NEWTIME | CLONE_PIDFD)
@@ -1024,11 +1085,8 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
     cdef bytes c_cwd = None, c_hostname = None
     cdef _Stack stack
     cdef sigset_t all_signals
-    cdef int go[2]
-    cdef int done[2]
-    cdef int c_flags, pid_fd = -1
+    cdef int c_flags, pid_fd = -1, go = GO_RUN
     cdef pid_t pid
-    cdef char byte = b"1"
     if not isinstance(argv, (list, tuple)):
         raise TypeError(f"argv must be a list or tuple, not {type(argv).__name__}")
     if not argv:
@@ -1044,10 +1102,13 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
     if loopback and not ns_flags & CLONE_NEWNET:
         raise ValueError("loopback needs NEWNET in flags")
     memset(&req, 0, sizeof(req))
+    # Each argument is converted once (an __fspath__ or a mapping may answer differently
+    # the next time): the program searched for is the argv[0] that is passed.
     c_argv = _CStrings(argv)
-    c_envp = _CStrings([k + b"=" + v for k, v in _environ(env)])
-    program = _fsencode(argv[0])
-    dirs = [b""] if b"/" in program else [os.fsencode(d) for d in os.get_exec_path(env)]
+    environ = _environ(env)
+    c_envp = _CStrings([k + b"=" + v for k, v in environ])
+    program = c_argv.items[0]
+    dirs = [b""] if b"/" in program else _exec_path(environ)
     c_paths = _CStrings([os.path.join(d, program) for d in dirs])
     req.argv, req.envp, req.paths = c_argv.array, c_envp.array, c_paths.array
     if cwd is not None:
@@ -1055,66 +1116,79 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
         req.cwd = c_cwd
     if hostname is not None:
         c_hostname = _fsencode(hostname)
+        if len(c_hostname) > HOST_NAME_MAX:
+            raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
+                             f"{HOST_NAME_MAX}")
         req.hostname, req.hostname_len = c_hostname, len(c_hostname)
     req.loopback = loopback
     req.newtime = (ns_flags & CLONE_NEWTIME) != 0
-    req.go_fd = -1
+    req.newpid = (ns_flags & CLONE_NEWPID) != 0
+    req.parent_pidfd = -1
     stack = _Stack(SPAWN_STACK_SIZE)
     c_flags = <int>((ns_flags & ~(CLONE_NEWTIME | CLONE_PIDFD)) | CLONE_VM | SIGCHLD
-                    | (CLONE_PIDFD if pidfd else 0)
-                    | (0 if before_start is not None else CLONE_VFORK))
-    if before_start is not None:
-        # The child waits on `go` while the parent writes its id maps; `done` reaches EOF
-        # when the child has exec'd or exited (close-on-exec), freeing the shared stack.
-        if pipe2(go, O_CLOEXEC) == -1:
+                    | (CLONE_PIDFD if pidfd else 0))
+    if before_start is None:
+        c_flags |= CLONE_VFORK
+    else:
+        # The child waits on `go` while the parent writes its id maps; the kernel clears
+        # `done` when the child has exec'd or exited, freeing the shared stack.
+        req.maps, req.done, req.parent_pid = True, 1, getpid()
+        req.parent_pidfd = sys_pidfd_open(req.parent_pid, 0)
+        if req.parent_pidfd == -1 and errno != ENOSYS:
             _raise_errno(errno)
-        if pipe2(done, O_CLOEXEC) == -1:
-            close(go[0])
-            close(go[1])
-            _raise_errno(errno)
-        req.go_fd, req.go_write_fd = go[0], go[1]
+        c_flags |= CLONE_CHILD_CLEARTID
     sigfillset(&all_signals)
     with nogil:
         # Blocked until the child has reset its handlers: none of ours may run in it.
         pthread_sigmask(SIG_SETMASK, &all_signals, &req.mask)
-        pid = sys_clone(_spawn_child, stack.base + stack.length, c_flags, &req, &pid_fd)
+        pid = sys_clone(_spawn_child, stack.base + stack.length, c_flags, &req, &pid_fd,
+                        NULL, &req.done)
         if pid == -1:
             req.err = errno
+    failure = None
     try:
-        if before_start is not None:
-            close(go[0])
-            close(done[1])
-            failure = None
+        if req.maps:
+            if req.parent_pidfd >= 0:
+                close(req.parent_pidfd)
             if pid != -1:
                 try:
                     before_start(pid)
                 except BaseException as exc:
-                    failure = exc
-                    kill(pid, SIGKILL)
-            with nogil:
-                write(go[1], &byte, 1)
-                close(go[1])
-                while read(done[0], &byte, 1) > 0:
-                    pass
-                close(done[0])
-            if failure is not None:
-                waitpid(pid, NULL, 0)
-                if pid_fd >= 0:
-                    close(pid_fd)
-                raise failure
+                    failure, go = exc, GO_ABORT
+                with nogil:
+                    lc_futex_set(&req.go, go)
+                    lc_futex_wait_while(&req.done, 1)
+        if pid != -1 and (failure is not None or req.err != 0):
+            # Reaped with every signal still blocked, so no handler interrupts it.
+            waitpid(pid, NULL, 0)
+            if pid_fd >= 0:
+                close(pid_fd)
     finally:
         pthread_sigmask(SIG_SETMASK, &req.mask, NULL)
+    if failure is not None:
+        raise failure
     if pid == -1:
         _raise_errno(req.err)
     if req.err != 0:
-        waitpid(pid, NULL, 0)
-        if pid_fd >= 0:
-            close(pid_fd)
-        _raise_errno(req.err, argv[0] if req.stage == STAGE_EXEC else
-                     cwd if req.stage == STAGE_CWD else None)
+        _raise_stage(req.err, req.stage, argv[0], cwd, hostname)
     if pidfd:
         return (pid, pid_fd)
     return pid
+
+
+cdef int _raise_stage(int err, int stage, object program, object cwd,
+                      object hostname) except -1:
+    """The OSError of a failed step of the spawn child: filename is the program or the cwd
+    for exec and chdir (as subprocess has them), else the message names the step."""
+    if stage == STAGE_EXEC:
+        _raise_errno(err, program)
+    if stage == STAGE_CWD:
+        _raise_errno(err, cwd)
+    try:
+        _raise_errno(err, hostname if stage == STAGE_HOSTNAME else None)
+    except OSError as exc:
+        exc.strerror = f"{exc.strerror} (spawn child: {_STAGE_STEPS[stage]})"
+        raise
 
 
 cdef list _environ(env):
@@ -1127,6 +1201,15 @@ cdef list _environ(env):
             raise ValueError(f"illegal environment variable name {key!r}")
         out.append((key, value))
     return out
+
+
+cdef list _exec_path(list environ):
+    """The directories to search, as os.get_exec_path() finds them, from the converted
+    environment (bytes pairs)."""
+    paths = [value for key, value in environ if key == b"PATH"]
+    if len(paths) > 1:
+        raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
+    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
 
 
 # ---- clone: the child side ----
