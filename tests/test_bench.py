@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from typing import Any, Dict
 
 import pytest
@@ -34,12 +35,55 @@ def quick_report() -> Dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+# The JSON a user may have scripts for (and the README's table is made from): its keys stay.
+REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows"}
+SETTINGS_KEYS = {"quick", "repetitions", "proc_repetitions", "loop_ns"}
+MACHINE_KEYS = {"kernel", "arch", "cpu", "cpus", "loadavg", "clocksource", "python", "libc", "euid"}
+ROW_KEYS = {"id", "operation", "unit", "notes", "calls_per_loop", "repetitions", "results",
+            "skipped", "targets"}
+RESULT_KEYS = {"what", "ns", "ns_min", "ratio", "samples"}
+TARGET_KEYS = {"implementation", "target", "kind", "limit", "compared_with", "value", "met"}
+# Columns every machine measures (the others need Python 3.12, lxns, pyroute2, ip or unshare).
+ALWAYS = {
+    "setns": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "unshare": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "kcmp": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "ns_get_nstype": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
+    "ns_get_owner_uid": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
+    "entered": {"raw C", "cimport", "linux_clone"},
+    "clone": {"raw C", "linux_clone", "os"},
+    "spawn": {"raw C", "linux_clone", "os"},
+    "configure_loopback": {"raw C", "cimport", "linux_clone", "fcntl"},
+    "getpid": {"raw C", "os", "ctypes"},
+}
+# The rows that create a process or a namespace per call: one call per loop.
+SINGLE = {"clone", "spawn", "configure_loopback"}
+
+
 def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]) -> None:
+    assert set(quick_report) == REPORT_KEYS
+    assert quick_report["benchmark"] == "linux_clone.bench"
+    settings = quick_report["settings"]
+    assert set(settings) == SETTINGS_KEYS and settings["quick"] is True
+    assert set(quick_report["machine"]) == MACHINE_KEYS
+    assert quick_report["versions"]["linux_clone"] == metadata.version("linux_clone")
     rows = {row["id"]: row for row in quick_report["rows"]}
-    assert list(rows) == [row.key for row in bench.ROWS]
+    assert list(rows) == [row.key for row in bench.ROWS] == list(ALWAYS)
     for key, row in rows.items():
         assert "skipped_row" not in row and "error" not in row, row
+        assert set(row) == ROW_KEYS, key
         results = row["results"]
+        assert ALWAYS[key] <= set(results) <= set(bench.COLUMNS), (key, list(results))
+        assert not set(results) & set(row["skipped"]), key
+        assert all(why for why in row["skipped"].values()), key
+        assert row["repetitions"] == settings["proc_repetitions" if key in SINGLE
+                                              else "repetitions"], key
+        assert (row["calls_per_loop"] == 1) == (key in SINGLE), key
+        for name, result in results.items():
+            assert set(result) == RESULT_KEYS and result["what"], (key, name)
+            assert len(result["samples"]) == row["repetitions"], (key, name)
+        for target in row["targets"]:
+            assert set(target) == TARGET_KEYS, key
         assert "raw C" in results and ("linux_clone" in results or key == "getpid"), key
         for name, result in results.items():
             assert result["ns"] > 0 and result["ratio"] > 0, (key, name, result)
@@ -65,7 +109,11 @@ def test_quick_table_and_cleanup(privileged: None) -> None:
     assert header and header[0].startswith("| operation | raw C | cimport | linux_clone |")
     assert header[0].endswith("| target | met |")
     assert sum(line.startswith("| ") for line in lines) == 1 + len(bench.ROWS)
+    operations = [line.split(" | ")[0][2:] for line in lines if line.startswith("| ")][1:]
+    assert operations == [row.title for row in bench.ROWS]
     assert f"Linux {os.uname().release}" in result.stdout
+    method = [line for line in lines if line.startswith("- method: ")]
+    assert method and "over 9 interleaved repetitions (5 single calls" in method[0]
     after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     assert after == netns_before
     with open("/proc/self/mounts") as f:
