@@ -3,21 +3,24 @@ the raw C loops of linux_clone._bench return plausible times.  Nothing here asse
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import pytest
 
 import linux_clone
-from conftest import in_child, python_env
+from conftest import drop_privileges, in_child, python_env
 
 _bench = pytest.importorskip("linux_clone._bench")
 from linux_clone import bench  # noqa: E402  (after the skip: it imports _bench)
+from linux_clone.bench import harness  # noqa: E402
 
 
 def _run_quick(*args: str) -> subprocess.CompletedProcess:
@@ -129,6 +132,7 @@ def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None
                             capture_output=True, text=True, timeout=120, cwd="/",
                             env=python_env())
     assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     rows = {row["id"]: row for row in json.loads(result.stdout)["rows"]}
     for row in bench.ROWS:
         if row.privileged:
@@ -136,6 +140,56 @@ def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None
             assert "skipped" in result.stderr
         else:
             assert rows[row.key]["results"]["raw C"]["ns"] > 0
+
+
+def _main_as_nobody(*args: str) -> Tuple[int, str, str]:
+    """bench.main(args) in a forked child that has become uid/gid 65534: (status, stdout,
+    stderr).  In-process: the interpreter may live where uid 65534 cannot run it (/root)."""
+    def run() -> Tuple[int, str, str]:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            os.chdir("/")
+            drop_privileges()
+            status = bench.main(list(args))
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return status, out.read(), err.read()
+
+    return in_child(run, timeout=120)  # type: ignore[no-any-return]
+
+
+def test_unprivileged_user_gets_skips_not_tracebacks(privileged: None) -> None:
+    status, stdout, stderr = _main_as_nobody("--quick", "--json")
+    assert status == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    rows = {row["id"]: row for row in json.loads(stdout)["rows"]}
+    for row in bench.ROWS:
+        if row.privileged:
+            why = rows[row.key]["skipped_row"]
+            assert why.startswith("needs CAP_SYS_ADMIN") and "as uid 65534" in why, why
+            assert f"{row.title}: skipped, {why}" in stderr
+        else:
+            assert rows[row.key]["results"]["linux_clone" if row.key != "getpid" else "os"]
+
+
+def test_a_raw_c_loop_the_kernel_refuses_skips_the_row() -> None:
+    def refused(n: int) -> int:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def works(n: int) -> int:
+        return n
+
+    settings = bench.QUICK
+    with pytest.raises(harness.Skip, match="raw C loop fails here: Operation not permitted"):
+        harness.measure({"raw C": harness.Impl("refused", refused),
+                         "linux_clone": harness.Impl("works", works)}, settings)
+    # The same failure of linux_clone's own loop is a failure, not a skip.
+    with pytest.raises(PermissionError):
+        harness.measure({"raw C": harness.Impl("works", works),
+                         "linux_clone": harness.Impl("refused", refused)}, settings)
 
 
 def test_plot_without_matplotlib_is_a_clear_error() -> None:
