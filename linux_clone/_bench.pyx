@@ -4,12 +4,14 @@ GIL: the baseline every ratio divides by, and the proof that the cimport API of
 linux_clone._core costs nothing (its loops call the .pxd helpers, the raw ones syscall())."""
 
 from libc.errno cimport errno, ECHILD
-from libc.string cimport strerror
+from libc.signal cimport SIGCHLD
+from libc.string cimport memcpy, memset, strerror
 from libc.stdlib cimport free, malloc
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.signal cimport sigfillset, SIG_SETMASK
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport pid_t, sigset_t, uid_t
-from posix.unistd cimport _exit, close
+from posix.unistd cimport _exit, close, execve
 from posix.wait cimport waitpid
 
 from linux_clone._core cimport (
@@ -18,6 +20,7 @@ from linux_clone._core cimport (
     sys_unshare,
 )
 
+# What neither linux_clone._core nor Cython's posix/libc declarations have:
 cdef extern from "<sys/syscall.h>" nogil:
     const long SYS_getpid
     const long SYS_setns
@@ -29,40 +32,24 @@ cdef extern from "<sys/syscall.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
-    int execve(const char *path, char *const argv[], char *const envp[])
 
 cdef extern from "<signal.h>" nogil:
-    const int SIGCHLD
-    const int SIG_SETMASK
-    int sigfillset(sigset_t *s)
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
 
-cdef extern from *:
-    """
-    #include <string.h>
-    #include <net/if.h>
-    #include <sys/ioctl.h>
-    #include <sys/socket.h>
-    #include <sys/syscall.h>
+cdef extern from "<net/if.h>" nogil:
+    const short IFF_UP
+    struct ifreq:
+        char ifr_name[16]
+        short ifr_flags
 
-    /* `ip link set lo up` as four bare syscalls: the floor under lc_configure_loopback. */
-    static int bench_loopback_raw(void) {
-        struct ifreq ifr;
-        long rc, fd = syscall(SYS_socket, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -1;
-        memset(&ifr, 0, sizeof ifr);
-        memcpy(ifr.ifr_name, "lo", 3);
-        rc = syscall(SYS_ioctl, fd, SIOCGIFFLAGS, &ifr);
-        if (rc == 0 && !(ifr.ifr_flags & IFF_UP)) {
-            ifr.ifr_flags |= IFF_UP;
-            rc = syscall(SYS_ioctl, fd, SIOCSIFFLAGS, &ifr);
-        }
-        syscall(SYS_close, fd);
-        return (int)rc;
-    }
-    """
-    int bench_loopback_raw() nogil
+cdef extern from "<sys/ioctl.h>" nogil:
+    const unsigned long SIOCGIFFLAGS
+    const unsigned long SIOCSIFFLAGS
+
+cdef extern from "<sys/socket.h>" nogil:
+    const int AF_UNIX
+    const int SOCK_DGRAM
+    const int SOCK_CLOEXEC
 
 # For ctypes in the benchmark: the number syscall(2) takes for kcmp on this architecture.
 SYS_KCMP = SYS_kcmp
@@ -72,6 +59,22 @@ cdef inline long long _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef int _loopback_raw() noexcept nogil:
+    # `ip link set lo up` as four bare syscalls: the floor under lc_configure_loopback.
+    cdef ifreq ifr
+    cdef long rc, fd = syscall(SYS_socket, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        return -1
+    memset(&ifr, 0, sizeof(ifr))
+    memcpy(ifr.ifr_name, b"lo", 3)
+    rc = syscall(SYS_ioctl, fd, SIOCGIFFLAGS, &ifr)
+    if rc == 0 and not (ifr.ifr_flags & IFF_UP):
+        ifr.ifr_flags |= IFF_UP
+        rc = syscall(SYS_ioctl, fd, SIOCSIFFLAGS, &ifr)
+    syscall(SYS_close, fd)
+    return <int>rc
 
 
 cdef object _elapsed(int err, long long ns):
@@ -290,7 +293,7 @@ def loopback_fresh(bint helper, long n):
                 err = errno
                 break
             start = _now()
-            rc = lc_configure_loopback() if helper else bench_loopback_raw()
+            rc = lc_configure_loopback() if helper else _loopback_raw()
             total += _now() - start
             if rc == -1:
                 err = errno

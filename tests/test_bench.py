@@ -3,20 +3,24 @@ the raw C loops of linux_clone._bench return plausible times.  Nothing here asse
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict
+import tempfile
+from importlib import metadata
+from typing import Any, Dict, Tuple
 
 import pytest
 
 import linux_clone
-from conftest import in_child, python_env
+from conftest import drop_privileges, in_child, python_env
 
 _bench = pytest.importorskip("linux_clone._bench")
 from linux_clone import bench  # noqa: E402  (after the skip: it imports _bench)
+from linux_clone.bench import harness  # noqa: E402
 
 
 def _run_quick(*args: str) -> subprocess.CompletedProcess:
@@ -34,12 +38,55 @@ def quick_report() -> Dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+# The JSON a user may have scripts for (and the README's table is made from): its keys stay.
+REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows"}
+SETTINGS_KEYS = {"quick", "repetitions", "proc_repetitions", "loop_ns"}
+MACHINE_KEYS = {"kernel", "arch", "cpu", "cpus", "loadavg", "clocksource", "python", "libc", "euid"}
+ROW_KEYS = {"id", "operation", "unit", "notes", "calls_per_loop", "repetitions", "results",
+            "skipped", "targets"}
+RESULT_KEYS = {"what", "ns", "ns_min", "ratio", "samples"}
+TARGET_KEYS = {"implementation", "target", "kind", "limit", "compared_with", "value", "met"}
+# Columns every machine measures (the others need Python 3.12, lxns, pyroute2, ip or unshare).
+ALWAYS = {
+    "setns": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "unshare": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "kcmp": {"raw C", "cimport", "linux_clone", "ctypes"},
+    "ns_get_nstype": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
+    "ns_get_owner_uid": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
+    "entered": {"raw C", "cimport", "linux_clone"},
+    "clone": {"raw C", "linux_clone", "os"},
+    "spawn": {"raw C", "linux_clone", "os"},
+    "configure_loopback": {"raw C", "cimport", "linux_clone", "fcntl"},
+    "getpid": {"raw C", "os", "ctypes"},
+}
+# The rows that create a process or a namespace per call: one call per loop.
+SINGLE = {"clone", "spawn", "configure_loopback"}
+
+
 def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]) -> None:
+    assert set(quick_report) == REPORT_KEYS
+    assert quick_report["benchmark"] == "linux_clone.bench"
+    settings = quick_report["settings"]
+    assert set(settings) == SETTINGS_KEYS and settings["quick"] is True
+    assert set(quick_report["machine"]) == MACHINE_KEYS
+    assert quick_report["versions"]["linux_clone"] == metadata.version("linux_clone")
     rows = {row["id"]: row for row in quick_report["rows"]}
-    assert list(rows) == [row.key for row in bench.ROWS]
+    assert list(rows) == [row.key for row in bench.ROWS] == list(ALWAYS)
     for key, row in rows.items():
         assert "skipped_row" not in row and "error" not in row, row
+        assert set(row) == ROW_KEYS, key
         results = row["results"]
+        assert ALWAYS[key] <= set(results) <= set(bench.COLUMNS), (key, list(results))
+        assert not set(results) & set(row["skipped"]), key
+        assert all(why for why in row["skipped"].values()), key
+        assert row["repetitions"] == settings["proc_repetitions" if key in SINGLE
+                                              else "repetitions"], key
+        assert (row["calls_per_loop"] == 1) == (key in SINGLE), key
+        for name, result in results.items():
+            assert set(result) == RESULT_KEYS and result["what"], (key, name)
+            assert len(result["samples"]) == row["repetitions"], (key, name)
+        for target in row["targets"]:
+            assert set(target) == TARGET_KEYS, key
         assert "raw C" in results and ("linux_clone" in results or key == "getpid"), key
         for name, result in results.items():
             assert result["ns"] > 0 and result["ratio"] > 0, (key, name, result)
@@ -65,7 +112,11 @@ def test_quick_table_and_cleanup(privileged: None) -> None:
     assert header and header[0].startswith("| operation | raw C | cimport | linux_clone |")
     assert header[0].endswith("| target | met |")
     assert sum(line.startswith("| ") for line in lines) == 1 + len(bench.ROWS)
+    operations = [line.split(" | ")[0][2:] for line in lines if line.startswith("| ")][1:]
+    assert operations == [row.title for row in bench.ROWS]
     assert f"Linux {os.uname().release}" in result.stdout
+    method = [line for line in lines if line.startswith("- method: ")]
+    assert method and "over 9 interleaved repetitions (5 single calls" in method[0]
     after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     assert after == netns_before
     with open("/proc/self/mounts") as f:
@@ -81,6 +132,7 @@ def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None
                             capture_output=True, text=True, timeout=120, cwd="/",
                             env=python_env())
     assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     rows = {row["id"]: row for row in json.loads(result.stdout)["rows"]}
     for row in bench.ROWS:
         if row.privileged:
@@ -88,6 +140,56 @@ def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None
             assert "skipped" in result.stderr
         else:
             assert rows[row.key]["results"]["raw C"]["ns"] > 0
+
+
+def _main_as_nobody(*args: str) -> Tuple[int, str, str]:
+    """bench.main(args) in a forked child that has become uid/gid 65534: (status, stdout,
+    stderr).  In-process: the interpreter may live where uid 65534 cannot run it (/root)."""
+    def run() -> Tuple[int, str, str]:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            os.chdir("/")
+            drop_privileges()
+            status = bench.main(list(args))
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return status, out.read(), err.read()
+
+    return in_child(run, timeout=120)  # type: ignore[no-any-return]
+
+
+def test_unprivileged_user_gets_skips_not_tracebacks(privileged: None) -> None:
+    status, stdout, stderr = _main_as_nobody("--quick", "--json")
+    assert status == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    rows = {row["id"]: row for row in json.loads(stdout)["rows"]}
+    for row in bench.ROWS:
+        if row.privileged:
+            why = rows[row.key]["skipped_row"]
+            assert why.startswith("needs CAP_SYS_ADMIN") and "as uid 65534" in why, why
+            assert f"{row.title}: skipped, {why}" in stderr
+        else:
+            assert rows[row.key]["results"]["linux_clone" if row.key != "getpid" else "os"]
+
+
+def test_a_raw_c_loop_the_kernel_refuses_skips_the_row() -> None:
+    def refused(n: int) -> int:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def works(n: int) -> int:
+        return n
+
+    settings = bench.QUICK
+    with pytest.raises(harness.Skip, match="raw C loop fails here: Operation not permitted"):
+        harness.measure({"raw C": harness.Impl("refused", refused),
+                         "linux_clone": harness.Impl("works", works)}, settings)
+    # The same failure of linux_clone's own loop is a failure, not a skip.
+    with pytest.raises(PermissionError):
+        harness.measure({"raw C": harness.Impl("works", works),
+                         "linux_clone": harness.Impl("refused", refused)}, settings)
 
 
 def test_plot_without_matplotlib_is_a_clear_error() -> None:

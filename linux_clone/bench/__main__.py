@@ -1,0 +1,8 @@
+"""python -m linux_clone.bench [--quick] [--json] [--plot FILE.png]"""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())
