@@ -586,11 +586,12 @@ cdef extern from *:
        Measured on x86-64 on the main thread with the default limits (README, "Stacks"):
 
        LC_RESERVE is kept free for C recursion that no recursion check of the running thread
-       bounds: the parser stops at its own MAXSTACK (6000 levels, 750-850 KB; 940 KB on
-       3.14), and on 3.9-3.11 every f-string nested in an f-string is parsed by a parser of
-       its own while the outer one waits, up to 5 at once by the quote kinds (4.2 MB on 3.9,
-       3.7 MB on 3.10-3.11).  Nested iterators (itertools.chain: 3000 levels take 90 KB,
-       280 KB on 3.13, 800 KB on 3.14) are checked by nothing; the reserve holds 3000.
+       bounds: on 3.9-3.13 the parser stops at its own MAXSTACK (6000 levels, 750-850 KB;
+       3.14's checks the stack pointer too), and on 3.9-3.11 every f-string nested in an
+       f-string is parsed by a parser of its own while the outer one waits, up to 5 at once
+       by the quote kinds (4.2 MB on 3.9, 3.7 MB on 3.10-3.11).  Nested iterators
+       (itertools.chain: 3000 levels take 90 KB, 280 KB on 3.13, 800 KB on 3.14) are
+       checked by nothing, even on the main thread; the reserve holds 3000 levels.
 
        3.9-3.13 count recursion levels; the rest of the stack gets one level per
        LC_LEVEL_BYTES, less the 50 levels CPython grants past the limit to handle the
