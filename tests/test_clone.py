@@ -29,6 +29,7 @@ SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
 PR_SET_DUMPABLE = 4
 PAGE = os.sysconf("SC_PAGESIZE")
+MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
 
 # ---- helpers ----
@@ -92,7 +93,7 @@ def kernel_has_ns(kind: str) -> bool:
 # threaded parent (the fork-helper path), and as pid 1 of a new pid namespace.
 VARIANTS = [
     pytest.param((0, SIGCHLD, 0), id="fork-like"),
-    pytest.param((1 << 20, SIGCHLD, 0), id="dedicated-stack"),
+    pytest.param((MIN_STACK, SIGCHLD, 0), id="dedicated-stack"),
     pytest.param((0, SIGCHLD, 3), id="threaded-parent"),
     pytest.param((0, NEWPID | SIGCHLD, 0), id="newpid"),
 ]
@@ -152,7 +153,7 @@ def test_system_exit_acts_as_at_top_level(code: Any, status: int, message: str,
     assert capfd.readouterr().err == message
 
 
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 @pytest.mark.parametrize("func", [lambda: 0, lambda: 1 // 0, lambda: sys.exit(3)],
                          ids=["return", "raise", "sys.exit"])
 def test_child_never_returns_into_the_caller(func: Callable[[], Any], stack_size: int,
@@ -189,7 +190,7 @@ print("parent", events, os.waitstatus_to_exitcode(status))
 
 
 @pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 def test_at_fork_hooks_run(threads: int, stack_size: int) -> None:
     code = AT_FORK.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
     proc = run_python(code, cwd="/")
@@ -452,7 +453,7 @@ def _stack_mapping() -> Any:
 
 
 @pytest.mark.parametrize("stack_size, usable", [
-    (1 << 20, 1 << 20), (256 * 1024 + 1, 256 * 1024 + PAGE), (3 << 20, 3 << 20)])
+    (MIN_STACK, MIN_STACK), (MIN_STACK + 1, MIN_STACK + PAGE), (3 * MIN_STACK, 3 * MIN_STACK)])
 def test_child_runs_on_its_dedicated_stack(stack_size: int, usable: int) -> None:
     sp, line, below = clone_call(_stack_mapping, SIGCHLD, stack_size)
     start, end = (int(x, 16) for x in line.split()[0].split("-"))
@@ -479,7 +480,7 @@ def test_recursion_on_a_dedicated_stack() -> None:
             nested = [nested]
         return down(500), len(repr(nested)), len(json.dumps(nested))
 
-    assert clone_call(child, SIGCHLD, 2 << 20) == (500, 602, 602)
+    assert clone_call(child, SIGCHLD, 2 * MIN_STACK) == (500, 602, 602)
 
 
 STACK_LEAK = """
@@ -494,7 +495,7 @@ def snapshot():
 def run(n):
     wrong = 0
     for i in range(n):
-        pid = linux_clone.clone(lambda: i % 7, 1 << 20)
+        pid = linux_clone.clone(lambda: i % 7, linux_clone._core.MIN_STACK_SIZE)
         wrong += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != i % 7
     return wrong
 
@@ -845,7 +846,7 @@ start = time.monotonic()
 try:
     for i in range(N):
         flags = SETS[i % len(SETS)]
-        pid = lc.clone(child(i), (1 << 20) if i % 3 == 0 else 0, flags)
+        pid = lc.clone(child(i), lc._core.MIN_STACK_SIZE if i % 3 == 0 else 0, flags)
         pidfd = os.pidfd_open(pid)
         exited = select.select([pidfd], [], [], TIMEOUT)[0]
         os.close(pidfd)
