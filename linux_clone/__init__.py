@@ -174,8 +174,9 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
         runs the atexit handlers it registered (not the parent's: they are dropped before
         func), flushes sys.stdout and sys.stderr, and _exits.
     stack_size: 0 runs the child on a copy of the caller's stack, as after fork(); else the
-        size of a dedicated stack, at least 64 KiB (rounded up to pages, with a guard page);
-        the interpreter's recursion limits are fitted to it.
+        size of a dedicated stack, at least _core.MIN_STACK_SIZE (1.75-6.25 MiB by CPython
+        version; rounded up to pages, with a guard page); the interpreter's recursion
+        limits are fitted to it, with a reserve for the parser's own limits.
     flags: CloneFlag namespace and sharing bits, or'ed with the exit signal (low byte,
         SIGCHLD by default); with PIDFD the result is (pid, pidfd).  With other threads
         running, only SIGCHLD and no sharing flag (FILES, FS, SYSVSEM, IO, PARENT): the child

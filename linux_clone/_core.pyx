@@ -568,9 +568,9 @@ cdef extern from *:
     void lc_stack_switch_finish() nogil
 
 
-# The smallest dedicated stack: the interpreter needs tens of KiB to run a child at all, and
-# CPython 3.14 refuses stack bounds under 48 KiB.
-MIN_STACK_SIZE = 64 * 1024
+# The smallest dedicated stack, for the running CPython: the reserve for the parser and
+# unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
+MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
 # What the child needs once it runs.  Only the thread holding the GIL writes these, right
 # before the clone, and the child reads its own copy.
@@ -667,13 +667,28 @@ cdef extern from *:
     """
     /* CPython bounds recursion for the stack of the thread it runs on, which the clone child
        has just left for its dedicated stack [base, base + size): fit the bounds to that.
-       3.14 checks the stack pointer against the thread's stack bounds: give it these.
-       3.9-3.13 count recursion levels against limits made for an 8 MiB stack: lower the
-       count to size / LC_LEVEL_BYTES levels.  Measured on x86-64, one level takes 350-420
-       bytes for a Python call on 3.9-3.10 (none on 3.11+), and the most per level is a key
-       function called by sorted(), whose list.sort holds a 5 KB merge state: 2.5 KB a
-       level on 3.11 (2 levels), 1.3-1.7 KB on the others.  3 KiB and 2 KiB a level leave
-       room for the 50 levels of headroom CPython grants to handle the RecursionError. */
+       Measured on x86-64 on the main thread with the default limits (README, "Stacks"):
+
+       LC_RESERVE is kept free for C recursion that no recursion check of the running thread
+       bounds: on 3.9-3.13 the parser stops at its own MAXSTACK (6000 levels, 750-850 KB;
+       3.14's checks the stack pointer too), and on 3.9-3.11 every f-string nested in an
+       f-string is parsed by a parser of its own while the outer one waits, up to 5 at once
+       by the quote kinds (4.2 MB on 3.9, 3.7 MB on 3.10-3.11).  Nested iterators
+       (itertools.chain: 3000 levels take 90 KB, 280 KB on 3.13, 800 KB on 3.14) are
+       checked by nothing, even on the main thread; the reserve holds 3000 levels.
+
+       3.9-3.13 count recursion levels; the rest of the stack gets one level per
+       LC_LEVEL_BYTES, less the 50 levels CPython grants past the limit to handle the
+       RecursionError.  The most C stack per counted level is a key function called by
+       sorted(), whose list.sort holds a 5 KB merge state: 1.7 KB on 3.9-3.10, 2.4 KB on
+       3.11, 1.6 KB on 3.12, 1.3 KB on 3.13.  3.14 checks the stack pointer against bounds
+       of its own: it gets the stack minus the reserve.
+
+       The smallest stack holds LC_MIN_LEVELS besides the reserve: what runs on the main
+       thread runs there too -- import json, subprocess, multiprocessing, re.compile of 100
+       nested groups (209 levels on 3.9-3.11); pickle.dumps of a 500-deep list and
+       json.loads of 1000-deep arrays (1004 C levels on 3.12-3.13; on 3.9-3.11 they pass the
+       limit of 1000 on the main thread too). */
     #if PY_VERSION_HEX >= 0x030E0000 && PY_VERSION_HEX < 0x030E0100
     /* 3.14.0 only: no API to set the bounds yet (3.14.1 added one), so set the fields of the
        thread state that it reads, as 3.14.1's PyUnstable_ThreadState_SetStackProtection does. */
@@ -682,24 +697,43 @@ cdef extern from *:
     #  include "internal/pycore_pythonrun.h"
     #  undef Py_BUILD_CORE
     #endif
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    #  define LC_LEVEL_BYTES 3072
-    #else
+    #define LC_HEADROOM 50
+    #if PY_VERSION_HEX >= 0x030E0000
+    #  define LC_RESERVE (1280 * 1024)
+    #  define LC_MIN_CHECKED (512 * 1024)
+    #elif PY_VERSION_HEX >= 0x030C0000
+    #  define LC_RESERVE (1024 * 1024)
     #  define LC_LEVEL_BYTES 2048
+    #  define LC_MIN_LEVELS 1100
+    #else
+    #  define LC_RESERVE (5 * 1024 * 1024)
+    #  if PY_VERSION_HEX >= 0x030B0000
+    #    define LC_LEVEL_BYTES 3072
+    #  else
+    #    define LC_LEVEL_BYTES 2048
+    #  endif
+    #  define LC_MIN_LEVELS 300
     #endif
+    #ifndef LC_MIN_CHECKED
+    #  define LC_MIN_CHECKED ((LC_MIN_LEVELS + LC_HEADROOM) * LC_LEVEL_BYTES)
+    #endif
+    /* In whole 256 KiB. */
+    #define LC_MIN_STACK_SIZE \\
+        ((LC_RESERVE + LC_MIN_CHECKED + (256 * 1024 - 1)) / (256 * 1024) * (256 * 1024))
 
     static int lc_fit_recursion(char *base, size_t size) {
         PyThreadState *ts = PyThreadState_Get();
     #if PY_VERSION_HEX >= 0x030E0100
-        return PyUnstable_ThreadState_SetStackProtection(ts, base, size);
+        return PyUnstable_ThreadState_SetStackProtection(ts, base + LC_RESERVE,
+                                                         size - LC_RESERVE);
     #elif PY_VERSION_HEX >= 0x030E0000
         _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
         impl->c_stack_top = (uintptr_t)base + size;
-        impl->c_stack_hard_limit = (uintptr_t)base + _PyOS_STACK_MARGIN_BYTES;
-        impl->c_stack_soft_limit = (uintptr_t)base + 2 * _PyOS_STACK_MARGIN_BYTES;
+        impl->c_stack_hard_limit = (uintptr_t)base + LC_RESERVE + _PyOS_STACK_MARGIN_BYTES;
+        impl->c_stack_soft_limit = (uintptr_t)base + LC_RESERVE + 2 * _PyOS_STACK_MARGIN_BYTES;
         return 0;
     #else
-        int budget = (int)(size / LC_LEVEL_BYTES);
+        int budget = (int)((size - LC_RESERVE) / LC_LEVEL_BYTES) - LC_HEADROOM;
     #  if PY_VERSION_HEX >= 0x030C0000
         /* 3.12, 3.13: C levels have a count of their own (Python calls take no C stack). */
         if (ts->c_recursion_remaining > budget)
@@ -719,6 +753,7 @@ cdef extern from *:
     #endif
     }
     """
+    const size_t LC_MIN_STACK_SIZE
     int lc_fit_recursion(char *base, size_t size) except -1
 
 

@@ -29,6 +29,7 @@ SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
 PR_SET_DUMPABLE = 4
 PAGE = os.sysconf("SC_PAGESIZE")
+MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
 
 # ---- helpers ----
@@ -92,7 +93,7 @@ def kernel_has_ns(kind: str) -> bool:
 # threaded parent (the fork-helper path), and as pid 1 of a new pid namespace.
 VARIANTS = [
     pytest.param((0, SIGCHLD, 0), id="fork-like"),
-    pytest.param((1 << 20, SIGCHLD, 0), id="dedicated-stack"),
+    pytest.param((MIN_STACK, SIGCHLD, 0), id="dedicated-stack"),
     pytest.param((0, SIGCHLD, 3), id="threaded-parent"),
     pytest.param((0, NEWPID | SIGCHLD, 0), id="newpid"),
 ]
@@ -205,7 +206,7 @@ def test_int_exit_codes_as_the_interpreter_exits(how: str,
     assert statuses == top_level_exit_statuses
 
 
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 @pytest.mark.parametrize("func", [lambda: 0, lambda: 1 // 0, lambda: sys.exit(3)],
                          ids=["return", "raise", "sys.exit"])
 def test_child_never_returns_into_the_caller(func: Callable[[], Any], stack_size: int,
@@ -242,7 +243,7 @@ print("parent", events, os.waitstatus_to_exitcode(status))
 
 
 @pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 def test_at_fork_hooks_run(threads: int, stack_size: int) -> None:
     code = AT_FORK.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
     proc = run_python(code, cwd="/")
@@ -278,8 +279,8 @@ print(codes)
 
 
 @pytest.mark.parametrize("kind", ["before", "after_in_parent", "after_in_child"])
-@pytest.mark.parametrize("outer_stack, inner_stack", [(0, 0), (1 << 20, 0), (0, 1 << 20),
-                                                      (1 << 20, 1 << 20)])
+@pytest.mark.parametrize("outer_stack, inner_stack", [(0, 0), (MIN_STACK, 0), (0, MIN_STACK),
+                                                      (MIN_STACK, MIN_STACK)])
 def test_clone_in_an_at_fork_hook_runs_its_own_func(kind: str, outer_stack: int,
                                                      inner_stack: int) -> None:
     proc = run_python(NESTED_IN_HOOK, input=f"{kind} {outer_stack} {inner_stack}".encode(),
@@ -381,7 +382,7 @@ print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 
 
 @pytest.mark.parametrize("ending, code", [("return", 3), ("sys.exit", 4), ("raise", 1)])
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 def test_child_exits_as_a_multiprocessing_child(ending: str, code: int,
                                                 stack_size: int) -> None:
     # Non-daemon threads are joined, then the child's own atexit handlers run; the parent's
@@ -584,7 +585,7 @@ def _stack_mapping() -> Any:
 
 
 @pytest.mark.parametrize("stack_size, usable", [
-    (1 << 20, 1 << 20), (256 * 1024 + 1, 256 * 1024 + PAGE), (3 << 20, 3 << 20)])
+    (MIN_STACK, MIN_STACK), (MIN_STACK + 1, MIN_STACK + PAGE), (3 * MIN_STACK, 3 * MIN_STACK)])
 def test_child_runs_on_its_dedicated_stack(stack_size: int, usable: int) -> None:
     sp, line, below = clone_call(_stack_mapping, SIGCHLD, stack_size)
     start, end = (int(x, 16) for x in line.split()[0].split("-"))
@@ -611,7 +612,7 @@ def test_recursion_on_a_dedicated_stack() -> None:
             nested = [nested]
         return down(500), len(repr(nested)), len(json.dumps(nested))
 
-    assert clone_call(child, SIGCHLD, 2 << 20) == (500, 602, 602)
+    assert clone_call(child, SIGCHLD, 2 * MIN_STACK) == (500, 602, 602)
 
 
 STACK_LEAK = """
@@ -626,7 +627,7 @@ def snapshot():
 def run(n):
     wrong = 0
     for i in range(n):
-        pid = linux_clone.clone(lambda: i % 7, 1 << 20)
+        pid = linux_clone.clone(lambda: i % 7, linux_clone._core.MIN_STACK_SIZE)
         wrong += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != i % 7
     return wrong
 
@@ -789,7 +790,7 @@ CONVERTED_TWICE = AssertionError("converted a second time")
 ], ids=["clone", "clone-maps", "clone3", "clone3-maps"])
 def test_each_argument_is_converted_once(call: str, names: List[str],
                                          privileged: None) -> None:
-    values = {"stack_size": 1 << 20, "exit_signal": SIGCHLD, "tid": 1,
+    values = {"stack_size": MIN_STACK, "exit_signal": SIGCHLD, "tid": 1,
               "flags": NEWUSER | NEWPID | (SIGCHLD if call.startswith("clone(") else 0)}
     args = {name: Shifty(values[name], CONVERTED_TWICE) for name in values}
     pid = eval(call, vars(linux_clone), {"func": lambda: 40 + os.getpid(), **args})
@@ -845,7 +846,7 @@ def test_index_that_clones() -> None:
     assert (wait_code(pid), [wait_code(p) for p in inner]) == (5, [6])
 
 
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 def test_callable_object_that_clones_again(stack_size: int) -> None:
     class Recloning:
         def __init__(self, depth: int) -> None:
@@ -915,7 +916,7 @@ def _fd_targets() -> List[str]:
     return targets
 
 
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 @pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
 def test_clone3_child_holds_no_cgroup_fd_it_did_not_open(stack_size: int, threads: int,
                                                           cgroup_path: str) -> None:
@@ -1211,7 +1212,7 @@ start = time.monotonic()
 try:
     for i in range(N):
         flags = SETS[i % len(SETS)]
-        pid = lc.clone(child(i), (1 << 20) if i % 3 == 0 else 0, flags)
+        pid = lc.clone(child(i), lc._core.MIN_STACK_SIZE if i % 3 == 0 else 0, flags)
         pidfd = os.pidfd_open(pid)
         exited = select.select([pidfd], [], [], TIMEOUT)[0]
         os.close(pidfd)

@@ -26,6 +26,8 @@ import pytest
 import linux_clone
 from conftest import drop_privileges, in_child, run_python
 
+MIN_STACK = linux_clone._core.MIN_STACK_SIZE
+
 CALLS = 10_000
 CHILDREN = 1_000
 # Slack over a loop: fds and mappings exactly flat; RSS may move by allocator noise.
@@ -274,7 +276,7 @@ def clone():
     assert os.waitpid(C.clone(zero), 0)[1] == 0
 
 def clone_stack():
-    assert os.waitpid(C.clone(zero, stack_size=65536), 0)[1] == 0
+    assert os.waitpid(C.clone(zero, stack_size=C._core.MIN_STACK_SIZE), 0)[1] == 0
 
 def clone_pidfd():
     pid, fd = C.clone(zero, flags=C.PIDFD | signal.SIGCHLD)
@@ -282,7 +284,7 @@ def clone_pidfd():
     assert os.waitpid(pid, 0)[1] == 0
 
 def clone3():
-    assert os.waitpid(C.clone3(zero, stack_size=65536), 0)[1] == 0
+    assert os.waitpid(C.clone3(zero, stack_size=C._core.MIN_STACK_SIZE), 0)[1] == 0
 
 def spawn():
     assert os.waitpid(C.spawn(argv, env=env), 0)[1] == 0
@@ -396,7 +398,7 @@ def test_child_killed_right_away_is_reaped_cleanly() -> None:
     def run() -> List[Any]:
         statuses = []
         for start in (lambda: linux_clone.clone(lambda: time.sleep(30)),
-                      lambda: linux_clone.clone(lambda: time.sleep(30), stack_size=1 << 20),
+                      lambda: linux_clone.clone(lambda: time.sleep(30), stack_size=MIN_STACK),
                       lambda: linux_clone.spawn(["sleep", "30"])):
             pid = start()
             os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -414,7 +416,7 @@ def _nproc_eagain(threaded: bool) -> Dict[str, Any]:
     before = sample()
     out: Dict[str, Any] = {}
     for name, start in [("clone", lambda: linux_clone.clone(lambda: 0)),
-                        ("clone stack", lambda: linux_clone.clone(lambda: 0, stack_size=65536)),
+                        ("clone stack", lambda: linux_clone.clone(lambda: 0, stack_size=MIN_STACK)),
                         ("clone3", lambda: linux_clone.clone3(lambda: 0)),
                         ("spawn", lambda: linux_clone.spawn(["/bin/true"]))]:
         try:

@@ -177,7 +177,7 @@ def free_pid() -> int:
 
 # ==== clone3 ====
 
-@pytest.mark.parametrize("stack_size", [0, 1 << 20])
+@pytest.mark.parametrize("stack_size", [0, linux_clone._core.MIN_STACK_SIZE])
 @pytest.mark.parametrize("value, code", [(0, 0), (42, 42), (None, 0), (300, 300 & 0xFF)])
 def test_clone3_exit_status(value: Any, code: int, stack_size: int) -> None:
     pid = linux_clone.clone3(lambda: value, stack_size=stack_size)
