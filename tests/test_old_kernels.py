@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import faulthandler
 import os
 import pickle
 import platform
+import resource
 import select
 import signal
 import socket
@@ -26,7 +28,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, T
 
 import pytest
 import seccomp_eras as seccomp
-from conftest import python_env, running_threads
+from conftest import in_child, python_env, running_threads
 
 import linux_clone
 from linux_clone import CloneFlag
@@ -344,13 +346,13 @@ def _send(fd: int, obj: Any) -> None:
 
 
 def _receive(fd: int, deadline: float) -> Any:
-    """What _send sent on fd, or None at EOF or at the deadline.  Sized, not read to EOF: a
-    child left behind may hold the write end open."""
+    """What _send sent on fd; None at EOF, TimeoutError at the deadline.  Sized, not read to
+    EOF: a child left behind may hold the write end open."""
     data = b""
     size = None
     while size is None or len(data) < size + 4:
         if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            return None
+            raise TimeoutError
         chunk = os.read(fd, 65536)
         if not chunk:
             return None
@@ -424,7 +426,7 @@ def _outcome(func: Callable[[], Any]) -> Outcome:
     return Outcome(result, err, leaked, left, value)
 
 
-def _isolated(func: Callable[[], Any]) -> Outcome:
+def _isolated(func: Callable[[], Any], timeout: float = CALL_TIMEOUT) -> Outcome:
     """_outcome(func) in a grandchild of its own process group: a crash or a hang is one
     call's outcome, and everything the call started can be killed."""
     rfd, wfd = os.pipe()
@@ -432,6 +434,7 @@ def _isolated(func: Callable[[], Any]) -> Outcome:
     if pid == 0:
         try:
             os.setpgid(0, 0)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash is expected, a core not
             os.close(rfd)
             _send(wfd, _outcome(func))
         finally:
@@ -441,22 +444,24 @@ def _isolated(func: Callable[[], Any]) -> Outcome:
         os.setpgid(pid, pid)
     except OSError:
         pass  # the grandchild did it first, or has exited already
-    outcome: Optional[Outcome] = _receive(rfd, time.monotonic() + CALL_TIMEOUT)
-    os.close(rfd)
-    if outcome is None:
+    status = None
+    try:
+        outcome: Optional[Outcome] = _receive(rfd, time.monotonic() + timeout)
+    except TimeoutError:  # still running, or dead with a child of its holding the pipe open
+        outcome = None
         done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            if os.WIFSIGNALED(status):
-                name = signal.Signals(os.WTERMSIG(status)).name
-                outcome = Outcome(f"crash({name})", None, [], [])
-            else:
-                outcome = Outcome(f"exit {os.WEXITSTATUS(status)} without an answer",
-                                  None, [], [])
-        else:
+        if not done:
             os.killpg(pid, signal.SIGKILL)
-            outcome = Outcome("hang", None, [], [])
-    if not outcome.result.startswith(("crash", "exit")):
-        os.waitpid(pid, 0)
+            outcome, status = Outcome("hang", None, [], []), None
+    finally:
+        os.close(rfd)
+    if status is None:
+        status = os.waitpid(pid, 0)[1]
+    if outcome is None:
+        if os.WIFSIGNALED(status):
+            outcome = Outcome(f"crash({signal.Signals(os.WTERMSIG(status)).name})", None, [], [])
+        else:
+            outcome = Outcome(f"exit {os.WEXITSTATUS(status)} without an answer", None, [], [])
     # The grandchild's orphans came to us, the subreaper.
     _kill_and_reap(_children())
     return outcome
@@ -587,3 +592,40 @@ def test_filter_answers_as_that_kernel(privileged: None, era: str) -> None:
 
 if __name__ == "__main__":
     print(table())
+
+
+def _leak_fd() -> None:
+    os.open("/dev/null", os.O_RDONLY)
+
+
+def _leave_child() -> None:
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+
+
+def _crash() -> None:
+    faulthandler.disable()  # pytest's, whose report would reach the terminal
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _hang() -> None:
+    time.sleep(60)
+
+
+def test_the_harness_sees_leaks_crashes_and_hangs() -> None:
+    """What the era tests rest on: each failure shows in the outcome, and nothing is left."""
+    def child() -> List[Tuple[str, List[str], List[str]]]:
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0), ctypes.c_ulong(0))
+        outcomes = [_isolated(func, timeout=2) for func in (_leak_fd, _leave_child, _crash,
+                                                             _hang)]
+        assert _children() == []
+        return [(o.result, o.leaked_fds, [c.split()[1] for c in o.children_left])
+                for o in outcomes]
+
+    leak, left, crash, hang = in_child(child)
+    assert leak[0] == "ok" and len(leak[1]) == 1 and leak[1][0].endswith(" -> /dev/null")
+    assert left == ("ok", [], ["(python)"]) or left == ("ok", [], ["(pytest)"])
+    assert crash == ("crash(SIGSEGV)", [], [])
+    assert hang == ("hang", [], [])
