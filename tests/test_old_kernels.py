@@ -286,7 +286,7 @@ CALLS: Dict[str, Call] = {
     "unshare NEWTIME": _call(call_unshare_newtime, "newtime"),
     "setns path": _call(call_setns_path),
     "setns pidfd": _call(call_setns_pidfd, "pidfd_open"),
-    "entered ns": _call(call_entered_ns, "ns_get_nstype"),
+    "entered ns": _call(call_entered_ns, "ns_get_nstype", also=ENOTTY),  # documented
     "entered pid": _call(call_entered_pid, "pidfd_open"),
     "kcmp": _call(call_kcmp, "kcmp"),
     "pidfd_open": _call(call_pidfd_open, "pidfd_open"),
@@ -544,9 +544,6 @@ KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {
     ("pre-5.3", "clone PIDFD threaded"): _PIDFD_LEAK,
     ("pre-5.2", "clone PIDFD threaded"): _PIDFD_LEAK,
     ("pre-4.11", "clone PIDFD threaded"): _PIDFD_LEAK,
-    ("pre-4.11", "entered ns"): (
-        "entered(ns) with nstype=0 asks NS_GET_NSTYPE (4.11) for the type and raises its "
-        "ENOTTY, which the README does not document; setns(fd, 0) itself works there"),
 }
 
 
