@@ -5,12 +5,11 @@ from __future__ import annotations
 
 __version__ = "0.2.0.dev0"  # the one source of the version: pyproject.toml reads it here
 
-import contextlib
 import enum
-import operator
 import os
-import signal
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
+# The C halves of operator and signal: signal.py builds three enums at import.
+from _operator import index as _index
+from _signal import SIGCHLD as _SIGCHLD, SIGKILL as _SIGKILL
 
 from . import _core
 from ._core import (
@@ -41,13 +40,34 @@ globals().update(_core.NS_IOCTLS)
 NS_OWNER_UID = _core.NS_IOCTLS["NS_GET_OWNER_UID"]  # the name the Perl documentation uses
 WALL = _core.WAIT_ALL  # __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
 
-IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations are strings
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+    IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+
+
+def __getattr__(name: str) -> object:
+    if name == "IdMap":  # made on first use, as it needs typing
+        from typing import Iterable, Tuple, Union
+
+        global IdMap
+        IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+        return IdMap
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The API, without the modules and names the implementation uses.
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
 def _map_text(idmap: IdMap, name: str = "id map") -> bytes:
     """The uid_map/gid_map text for "inner outer count" lines or (inner, outer, count) tuples
     of ints (bools are refused: an id of True is a mistake); anything else is a TypeError, a
     number out of range a ValueError.  `name` is the argument's name, for the messages."""
+    from collections.abc import Mapping  # here, not at import: collections takes milliseconds
+
     if isinstance(idmap, str):
         lines = [[_map_field(field, name) for field in line.split()]
                  for line in idmap.strip().splitlines()]
@@ -83,7 +103,7 @@ def _map_entry(entry: object, name: str) -> list:
     for field in entry:
         if isinstance(field, bool) or not hasattr(type(field), "__index__"):
             raise TypeError(f"{name} ids must be ints, not {type(field).__name__}")
-        numbers.append(operator.index(field))
+        numbers.append(_index(field))
     return numbers
 
 
@@ -151,9 +171,11 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
         _write_maps(pid, uid_text, setgroups, gid_text)  # type: ignore[arg-type]
         os.write(wfd, b"1")
     except BaseException:
-        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        with contextlib.suppress(ChildProcessError):  # with PARENT it is not ours to reap
-            os.waitpid(pid, WALL)  # type: ignore[arg-type]
+        os.kill(pid, _SIGKILL)
+        try:
+            os.waitpid(pid, WALL)
+        except ChildProcessError:  # with PARENT it is not ours to reap
+            pass
         if isinstance(result, tuple):
             os.close(result[1])
         raise
@@ -162,9 +184,9 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
     return result
 
 
-def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.SIGCHLD, *,
+def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD, *,
           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
-          setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]:
+          setgroups: Optional[str] = None, pidfd: bool = False) -> Union[int, Tuple[int, int]]:
     """Create a child process as clone(2) does and call func() in it; return the child's pid.
 
     func: called with no arguments in the child; its return value (None -> 0) is the exit
@@ -178,7 +200,7 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
         version; rounded up to pages, with a guard page); the interpreter's recursion
         limits are fitted to it, with a reserve for the parser's own limits.
     flags: CloneFlag namespace and sharing bits, or'ed with the exit signal (low byte,
-        SIGCHLD by default); with PIDFD the result is (pid, pidfd).  With other threads
+        SIGCHLD by default); PIDFD acts as pidfd=True.  With other threads
         running, only SIGCHLD and no sharing flag (FILES, FS, SYSVSEM, IO, PARENT): the child
         is then cloned by a forked helper, so it inherits no lock another thread holds;
         anything else is a RuntimeError.
@@ -186,33 +208,39 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = signal.S
         (inner, outer, count) tuples), written by the parent before func runs (not with
         VFORK or FILES: ValueError).
     setgroups: "deny" or "allow", written to /proc/<pid>/setgroups before gid_map.
+    pidfd: True returns (pid, pidfd), the pidfd close-on-exec.  PIDFD in flags does too,
+        but type checkers see only this keyword: to them that result is an int.
     """
+    if pidfd:
+        flags = _index(flags) | CloneFlag.PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone(func, stack_size, flags)  # type: ignore[no-any-return]
-    flags = operator.index(flags)  # once: _core takes an int as it is
+    flags = _index(flags)  # once: _core takes an int as it is
     return _with_maps(lambda f: _core.clone(f, stack_size, flags), func,  # type: ignore
                       uid_map, gid_map, setgroups, flags)
 
 
-def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = signal.SIGCHLD,
+def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SIGCHLD,
            stack_size: int = 0, cgroup: Optional[object] = None, set_tid: Sequence[int] = (),
            uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
-           setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]:
+           setgroups: Optional[str] = None, pidfd: bool = False) -> Union[int, Tuple[int, int]]:
     """Create a child process as clone3(2) does and call func() in it; return its pid.
 
-    func, stack_size, uid_map, gid_map, setgroups: as for clone().
+    func, stack_size, uid_map, gid_map, setgroups, pidfd: as for clone().
     flags: CloneFlag bits without an exit signal (ValueError; NEWTIME and CLEAR_SIGHAND are
-        allowed here); with PIDFD the result is (pid, pidfd).
+        allowed here); PIDFD acts as pidfd=True.
     exit_signal: the signal the parent gets when the child exits (0 for none).
     cgroup: an fd or path of a cgroup v2 directory to start the child in (CLONE_INTO_CGROUP);
         the fd opened for a path is closed, in the child too.
     set_tid: the pid to use in each pid namespace level, innermost first.
     A kernel without clone3 (before 5.3) raises OSError(ENOSYS).
     """
+    if pidfd:
+        flags = _index(flags) | CloneFlag.PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone3(func, flags, exit_signal=exit_signal,  # type: ignore
                             stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
-    flags = operator.index(flags)  # once: _core takes an int as it is
+    flags = _index(flags)  # once: _core takes an int as it is
     return _with_maps(lambda f: _core.clone3(f, flags, exit_signal=exit_signal,  # type: ignore
                                              stack_size=stack_size, cgroup=cgroup,
                                              set_tid=set_tid),

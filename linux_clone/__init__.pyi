@@ -3,14 +3,19 @@
 import enum
 import os
 from types import TracebackType
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, Tuple, Type, Union
+from typing import (Callable, Iterable, Literal, Mapping, Optional, Protocol, Sequence, Tuple,
+                    Type, Union, overload)
 
+# Type checkers read typing_extensions from the standard library stubs they bundle (typeshed),
+# so this needs no typing_extensions installed; disjoint_base is there from mypy 1.18.
 from typing_extensions import disjoint_base
 
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
 IdMap = Union[str, Iterable[Tuple[int, int, int]]]
+"""An id map for uid_map= and gid_map=: "inner outer count" lines, or (inner, outer, count)
+tuples of ints."""
 
 __version__: str
 
@@ -147,17 +152,51 @@ def ns_get_parent(ns: _Ns) -> int: ...
 def ns_get_nstype(ns: _Ns) -> CloneFlag: ...
 def ns_get_owner_uid(ns: _Ns) -> int: ...
 def pidfd_open(pid: int, flags: int = 0) -> int: ...
+
+# clone, clone3 and spawn return (pid, pidfd) with pidfd=True, else the pid.  PIDFD in flags
+# gives (pid, pidfd) too, but an or'ed int cannot show it to a type checker: these say int.
+@overload
 def clone(func: Callable[[], object], stack_size: int = 0, flags: int = ..., *,
           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
-          setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]: ...
+          setgroups: Optional[str] = None, pidfd: Literal[False] = False) -> int: ...
+@overload
+def clone(func: Callable[[], object], stack_size: int = 0, flags: int = ..., *,
+          uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+          setgroups: Optional[str] = None, pidfd: Literal[True]) -> Tuple[int, int]: ...
+@overload
+def clone(func: Callable[[], object], stack_size: int = 0, flags: int = ..., *,
+          uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+          setgroups: Optional[str] = None, pidfd: bool) -> Union[int, Tuple[int, int]]: ...
+@overload
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...,
            stack_size: int = 0, cgroup: Optional[_Ns] = None, set_tid: Sequence[int] = (),
            uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
-           setgroups: Optional[str] = None) -> Union[int, Tuple[int, int]]: ...
+           setgroups: Optional[str] = None, pidfd: Literal[False] = False) -> int: ...
+@overload
+def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...,
+           stack_size: int = 0, cgroup: Optional[_Ns] = None, set_tid: Sequence[int] = (),
+           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+           setgroups: Optional[str] = None, pidfd: Literal[True]) -> Tuple[int, int]: ...
+@overload
+def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...,
+           stack_size: int = 0, cgroup: Optional[_Ns] = None, set_tid: Sequence[int] = (),
+           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+           setgroups: Optional[str] = None, pidfd: bool) -> Union[int, Tuple[int, int]]: ...
+@overload
 def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
-          loopback: bool = False, pidfd: bool = False) -> Union[int, Tuple[int, int]]: ...
+          loopback: bool = False, pidfd: Literal[False] = False) -> int: ...
+@overload
+def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+          cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
+          gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
+          loopback: bool = False, pidfd: Literal[True]) -> Tuple[int, int]: ...
+@overload
+def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+          cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
+          gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
+          loopback: bool = False, pidfd: bool) -> Union[int, Tuple[int, int]]: ...
 
 @disjoint_base
 class entered:

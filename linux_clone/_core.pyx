@@ -433,9 +433,14 @@ cdef int _go_back(int fd, int kind, object dev, object ino, str path) except -1:
     return 0
 
 
+# The docstring starts with the signature as CPython's types carry it, for inspect.signature
+# and help(): Cython keeps the indentation, so its "--" line is at column 0.
 cdef class entered:
-    """entered(ns=None, nstype=0, *, pid=None): a context manager that moves the calling
-    thread into a namespace and back on exit, even on exceptions.
+    """entered(ns=None, nstype=0, *, pid=None)
+--
+
+    A context manager that moves the calling thread into a namespace and back on exit, even
+    on exceptions.
 
     ns: an fd, an object with fileno(), or a path of a namespace file.
     nstype: the CloneFlag NEW* type `ns` must have (0: any); with pid=, the types to enter.

@@ -1,17 +1,23 @@
 """Typed and linted: mypy --strict on the installed stubs and on a typed usage example,
 mypy.stubtest of the stubs against the compiled module, ruff on the Python files and
-cython-lint on the Cython ones."""
+cython-lint on the Cython ones; the README's Python blocks run and pass mypy --strict and
+pyright; the run-time face of the types (pidfd=, signatures, dir(), a lean import)."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Callable, Iterable, List, Tuple, Union
 
 import pytest
+from conftest import python_env
 
 import linux_clone
 
@@ -80,3 +86,149 @@ def test_cython_lint() -> None:
     _require("cython_lint")
     result = _run(["-m", "cython_lint.cython_lint", *SOURCES], cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- the README's Python blocks ----
+# Every ```python block of README.md is a whole program: it is run (as root, in a child
+# interpreter: the blocks create namespaces in their own children) and type-checked.  Code
+# that is not meant to run goes in a block of another language (```cython, ```sh).
+
+
+def _readme_blocks() -> List[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def readme_examples(tmp_path_factory: pytest.TempPathFactory) -> List[Path]:
+    directory = tmp_path_factory.mktemp("readme")
+    paths = []
+    for number, block in enumerate(_readme_blocks(), 1):
+        path = directory / f"readme_example_{number}.py"
+        path.write_text(block, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def test_readme_examples_are_whole(readme_examples: List[Path]) -> None:
+    assert len(readme_examples) >= 2
+    for path in readme_examples:
+        text = path.read_text(encoding="utf-8")
+        assert "linux_clone" in text, text
+        assert not re.search(r"#\s*(type|pyright):\s*ignore", text), text
+
+
+def test_readme_examples_mypy_strict(mypy_cache: Path, readme_examples: List[Path]) -> None:
+    result = _mypy(mypy_cache, *map(str, readme_examples))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_examples_pyright(readme_examples: List[Path]) -> None:
+    _require("pyright")
+    directory = readme_examples[0].parent
+    (directory / "pyrightconfig.json").write_text(json.dumps({"typeCheckingMode": "strict"}))
+    # pyright[nodejs] brings node from PyPI; no version check against the network.
+    env = dict(os.environ, PYRIGHT_PYTHON_IGNORE_WARNINGS="1")
+    result = subprocess.run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable,
+                             *map(str, readme_examples), str(HERE / "typed_example.py")],
+                            cwd=directory, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_examples_run(privileged: None, readme_examples: List[Path]) -> None:
+    outputs = []
+    for path in readme_examples:
+        result = subprocess.run([sys.executable, str(path)], cwd=path.parent,
+                                env=python_env(), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+        outputs.append(result.stdout)
+    # The first is `ip addr` in a new network namespace: lo only, up, and exit status 0.
+    assert re.findall(r"^\d+: (\w+):", outputs[0], re.MULTILINE) == ["lo"], outputs[0]
+    assert "<LOOPBACK,UP," in outputs[0] and outputs[0].endswith("\n0\n"), outputs[0]
+
+
+# ---- pidfd=: the result type the stubs promise ----
+
+
+def _exit_3() -> int:
+    return 3
+
+
+@pytest.mark.parametrize("start", [
+    lambda: linux_clone.clone(_exit_3, pidfd=True),
+    lambda: linux_clone.clone(_exit_3, 0, signal.SIGCHLD, pidfd=True),
+    lambda: linux_clone.clone3(_exit_3, pidfd=True),
+    lambda: linux_clone.clone(_exit_3, flags=linux_clone.PIDFD | signal.SIGCHLD, pidfd=True),
+    lambda: linux_clone.clone(_exit_3, flags=linux_clone.PIDFD | signal.SIGCHLD),
+], ids=["clone", "clone-flags", "clone3", "clone-both", "clone-PIDFD-flag"])
+def test_pidfd_keyword_returns_pid_and_pidfd(start: Callable[[], object]) -> None:
+    result = start()
+    assert isinstance(result, tuple)
+    pid, pidfd = result
+    try:
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)
+    assert info is not None and (info.si_pid, info.si_status) == (pid, 3)
+
+
+def test_pidfd_keyword_with_id_maps(privileged: None) -> None:
+    pid, pidfd = linux_clone.clone(lambda: os.getuid(), 0, linux_clone.NEWUSER | signal.SIGCHLD,
+                                   uid_map=[(7, 0, 1)], pidfd=True)
+    try:
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)
+    assert info is not None and (info.si_pid, info.si_status) == (pid, 7)
+
+
+def test_pidfd_false_returns_the_pid() -> None:
+    pid = linux_clone.clone3(_exit_3, pidfd=False)
+    assert isinstance(pid, int)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
+
+
+def test_pidfd_bad_flags_fail_before_the_clone() -> None:
+    with pytest.raises(TypeError):
+        linux_clone.clone(_exit_3, 0, "SIGCHLD", pidfd=True)  # type: ignore[call-overload]
+
+
+# ---- what help(), inspect and dir() show ----
+
+
+def test_entered_signature() -> None:
+    assert str(inspect.signature(linux_clone.entered)) == "(ns=None, nstype=0, *, pid=None)"
+    assert linux_clone.entered.__doc__ is not None
+    assert linux_clone.entered.__doc__.split()[:3] == ["A", "context", "manager"]
+
+
+def test_dir_is_the_api() -> None:
+    names = dir(linux_clone)
+    assert set(linux_clone.__all__) <= set(names)
+    assert {"__version__", "__doc__", "__name__"} <= set(names)
+    leaked = [name for name in names
+              if name not in linux_clone.__all__ and not name.startswith("__")]
+    assert leaked == []
+
+
+def test_idmap_is_the_id_map_type() -> None:
+    assert linux_clone.IdMap == Union[str, Iterable[Tuple[int, int, int]]]
+    assert "IdMap" in linux_clone.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        linux_clone.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+
+
+# ---- import cost ----
+
+
+def test_import_needs_no_typing_or_contextlib(tmp_path: Path) -> None:
+    # typing, contextlib and signal (which builds enums) were most of the import's time; a
+    # fresh interpreter (-I: no checkout on sys.path) shows whether linux_clone loads them.
+    heavy = ["typing", "contextlib", "signal"]
+    code = ("import sys; before = set(sys.modules); import linux_clone; "
+            f"print(sorted((set(sys.modules) - before) & set({heavy!r})))")
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
+                            env=python_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -62,17 +62,21 @@ def comparisons(pid: int, epoll_fd: int, fd: int) -> int:
     return same
 
 
-def children(cgroup_fd: int) -> List[int]:
-    pids: List[int] = []
-    result = linux_clone.clone(child)
-    assert_type(result, Union[int, Tuple[int, int]])
-    if isinstance(result, int):
-        pids.append(result)
+def children(cgroup_fd: int, want_pidfd: bool) -> List[int]:
+    pids: List[int] = [linux_clone.clone(child)]
     pid = linux_clone.clone(child_none, 1 << 20, linux_clone.NEWPID | signal.SIGCHLD)
-    assert isinstance(pid, int)
-    with_pidfd = linux_clone.clone(lambda: 0, 0, linux_clone.PIDFD | signal.SIGCHLD)
-    assert isinstance(with_pidfd, tuple)
-    pid, pidfd = with_pidfd
+    assert_type(pid, int)
+    os.waitpid(pid, 0)
+    pid, pidfd = linux_clone.clone(lambda: 0, 0, linux_clone.NEWNET | signal.SIGCHLD,
+                                   pidfd=True)
+    assert_type(linux_clone.clone(child, pidfd=False), int)
+    assert_type(linux_clone.clone(child, pidfd=want_pidfd), Union[int, Tuple[int, int]])
+    assert_type(linux_clone.clone3(child, linux_clone.NEWUTS), int)
+    assert_type(linux_clone.clone3(child, pidfd=True), Tuple[int, int])
+    assert_type(linux_clone.clone3(child, pidfd=want_pidfd), Union[int, Tuple[int, int]])
+    assert_type(linux_clone.spawn(["true"]), int)
+    assert_type(linux_clone.spawn(["true"], pidfd=True), Tuple[int, int])
+    assert_type(linux_clone.spawn(["true"], pidfd=want_pidfd), Union[int, Tuple[int, int]])
     uid_map: IdMap = [(0, os.getuid(), 1)]
     linux_clone.clone(child, flags=linux_clone.NEWUSER | signal.SIGCHLD, uid_map=uid_map,
                       gid_map="0 1000 1", setgroups="deny")
@@ -86,10 +90,12 @@ def children(cgroup_fd: int) -> List[int]:
     os.waitpid(pid, linux_clone.WALL)
     os.close(pidfd)
 
-    linux_clone.clone(child, "big")  # type: ignore[arg-type]
-    linux_clone.clone(42)  # type: ignore[arg-type]
-    linux_clone.clone3(child, exit_signal=None)  # type: ignore[arg-type]
-    linux_clone.spawn(["x"], uid_map=5)  # type: ignore[arg-type]
+    linux_clone.clone(child, "big")  # type: ignore[call-overload]
+    linux_clone.clone(42)  # type: ignore[call-overload]
+    linux_clone.clone3(child, exit_signal=None)  # type: ignore[call-overload]
+    linux_clone.spawn(["x"], uid_map=5)  # type: ignore[call-overload]
+    linux_clone.clone(child, pidfd=None)  # type: ignore[call-overload]
+    os.waitpid(linux_clone.clone(child, pidfd=True), 0)  # type: ignore[arg-type]
     return pids
 
 
