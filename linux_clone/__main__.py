@@ -20,6 +20,10 @@ NAMESPACES = {
 }
 # <sys/mount.h>
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+# Python ignores these at start-up; a command expects the default, as subprocess's
+# restore_signals gives it (SIGXFZ exists on some systems only).
+PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
+                  if hasattr(signal, name)]
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -67,6 +71,8 @@ def child(args: argparse.Namespace, saved_handlers: Dict[signal.Signals, Any]) -
     """Set up the new namespaces from inside, then become COMMAND."""
     for signum, handler in saved_handlers.items():
         signal.signal(signum, handler)
+    for signum in PYTHON_IGNORED:
+        signal.signal(signum, signal.SIG_DFL)
     steps: List[Tuple[str, Callable[[], object]]] = []
     if args.mount:
         # As unshare(1) does: where / is shared (systemd makes it so), mounts made in the new

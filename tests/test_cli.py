@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,3 +223,27 @@ def test_interrupt_is_for_the_command() -> None:
         except BaseException:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
+
+
+def signal_state(*argv: str) -> List[tuple]:
+    """SigIgn and SigBlk of `cat /proc/self/status` run by argv from a plain process (default
+    signals, as a shell starts it)."""
+    result = subprocess.run([*argv, "cat", "/proc/self/status"], capture_output=True, text=True,
+                            env=python_env(), cwd="/", timeout=60, restore_signals=True)
+    assert result.returncode == 0, result.stderr
+    return re.findall(r"^(SigIgn|SigBlk):\s*(\w+)$", result.stdout, re.M)
+
+
+@pytest.fixture
+def util_linux_unshare() -> None:
+    """Skip a comparison with unshare(1) where util-linux is missing."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+
+
+def test_command_signals_are_as_under_unshare(util_linux_unshare: None) -> None:
+    """Python's SIG_IGN for SIGPIPE and SIGXFSZ (`yes | head -1` would say "Broken pipe") is
+    not for the command: it gets what unshare(1) gives it."""
+    ours = signal_state(sys.executable, "-m", "linux_clone", "--")
+    assert ours == signal_state("unshare", "--fork", "--")
+    assert [name for name, _ in ours] == ["SigBlk", "SigIgn"]
