@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from . import (NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, clone,
                configure_loopback)
@@ -24,6 +24,10 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40
 # restore_signals gives it (SIGXFZ exists on some systems only).
 PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
                   if hasattr(signal, name)]
+# Blocked while we wait, so that none of them ends the wait and leaves COMMAND running
+# unseen: SIGINT and SIGTERM as unshare --fork blocks them, SIGQUIT as system() ignores it (a
+# terminal sends ^C and ^\ to COMMAND too), SIGHUP as a hang-up reaches COMMAND as well.
+WAIT_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP}
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -67,12 +71,15 @@ def mount(source: str, target: str, fstype: Optional[str], flags: int) -> None:
         raise OSError(err, os.strerror(err), target)
 
 
-def child(args: argparse.Namespace, saved_handlers: Dict[signal.Signals, Any]) -> int:
+def child(args: argparse.Namespace, mask: Iterable[int]) -> int:
     """Set up the new namespaces from inside, then become COMMAND."""
-    for signum, handler in saved_handlers.items():
-        signal.signal(signum, handler)
     for signum in PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
+    for signum in WAIT_SIGNALS:
+        # A ^C before the exec ends the child as it would end COMMAND, without a traceback.
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     steps: List[Tuple[str, Callable[[], object]]] = []
     if args.mount:
         # As unshare(1) does: where / is shared (systemd makes it so), mounts made in the new
@@ -109,21 +116,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.map_root_user:
         maps = dict(uid_map=f"0 {os.geteuid()} 1", gid_map=f"0 {os.getegid()} 1",
                     setgroups="deny")
-    # As system() does: ^C and ^\ are for COMMAND while we wait for it.  An inherited
-    # SIG_IGN for SIGCHLD would reap it before we could read its status.
-    wanted = {signal.SIGINT: signal.SIG_IGN, signal.SIGQUIT: signal.SIG_IGN,
-              signal.SIGCHLD: signal.SIG_DFL}
-    saved = {signum: signal.signal(signum, handler) for signum, handler in wanted.items()}
+    # Blocked before the clone, so that the child starts with them blocked too and unblocks
+    # them once it is ready to become COMMAND.  An inherited SIG_IGN for SIGCHLD would reap
+    # COMMAND before we could read its status; unshare(1) resets it for COMMAND too.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
+    sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
-        pid = clone(lambda: child(args, saved), 0, flags, **maps)
+        pid = clone(lambda: child(args, mask), 0, flags, **maps)
     except OSError as exc:
         print(f"linux_clone: clone: {exc.strerror}", file=sys.stderr)
         return 1
     else:
         _, status = os.waitpid(pid, 0)  # type: ignore[arg-type]
     finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        signal.signal(signal.SIGCHLD, sigchld)
+        # What came while we waited was for the wait, not for our caller (unshare(1) exits
+        # with them still blocked).
+        while signal.sigtimedwait(WAIT_SIGNALS - mask, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)

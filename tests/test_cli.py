@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any, List
 
 import pytest
@@ -225,11 +227,16 @@ def test_interrupt_is_for_the_command() -> None:
             raise
 
 
-def signal_state(*argv: str) -> List[tuple]:
+def signal_state(*argv: str, ignored: tuple = ()) -> List[tuple]:
     """SigIgn and SigBlk of `cat /proc/self/status` run by argv from a plain process (default
-    signals, as a shell starts it)."""
+    signals, as a shell starts it, but `ignored` set to SIG_IGN)."""
+    def preexec() -> None:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+
     result = subprocess.run([*argv, "cat", "/proc/self/status"], capture_output=True, text=True,
-                            env=python_env(), cwd="/", timeout=60, restore_signals=True)
+                            env=python_env(), cwd="/", timeout=60, restore_signals=True,
+                            preexec_fn=preexec)
     assert result.returncode == 0, result.stderr
     return re.findall(r"^(SigIgn|SigBlk):\s*(\w+)$", result.stdout, re.M)
 
@@ -241,9 +248,50 @@ def util_linux_unshare() -> None:
         pytest.skip("util-linux unshare is not installed")
 
 
-def test_command_signals_are_as_under_unshare(util_linux_unshare: None) -> None:
-    """Python's SIG_IGN for SIGPIPE and SIGXFSZ (`yes | head -1` would say "Broken pipe") is
-    not for the command: it gets what unshare(1) gives it."""
-    ours = signal_state(sys.executable, "-m", "linux_clone", "--")
-    assert ours == signal_state("unshare", "--fork", "--")
+# As a non-interactive shell starts `command &`: SIGINT and SIGQUIT ignored, for good.
+@pytest.mark.parametrize("ignored", [(), (signal.SIGINT, signal.SIGQUIT)])
+def test_command_signals_are_as_under_unshare(util_linux_unshare: None, ignored: tuple) -> None:
+    """Python's SIG_IGN for SIGPIPE and SIGXFSZ (`yes | head -1` would say "Broken pipe") and
+    what we block while waiting are not for the command: it gets what unshare(1) gives it."""
+    ours = signal_state(sys.executable, "-m", "linux_clone", "--", ignored=ignored)
+    assert ours == signal_state("unshare", "--fork", "--", ignored=ignored)
     assert [name for name, _ in ours] == ["SigBlk", "SigIgn"]
+
+
+def signal_held(pid: int, signum: int) -> bool:
+    """Whether signum waits, blocked, in process pid, or was ignored (so is gone for good)."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines())
+    pending, blocked, ignored = (int(status[field], 16) >> (signum - 1) & 1 for field in (
+        "ShdPnd", "SigBlk", "SigIgn"))
+    return bool(pending and blocked or ignored)
+
+
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                    signal.SIGQUIT])
+def test_command_never_outlives_the_wait(signum: int) -> None:
+    """As under unshare --fork: SIGTERM (or ^C, a hang-up, ^\\) sent to linux_clone alone
+    does not end its wait; COMMAND stays its child, and its status is linux_clone's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linux_clone", "--", "sh", "-c", "echo $$; read line; exit 5"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env(), cwd="/",
+        start_new_session=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        command = int(proc.stdout.readline())
+        proc.send_signal(signum)
+        while proc.poll() is None and not signal_held(proc.pid, signum):
+            time.sleep(0.01)
+        assert proc.poll() is None, f"linux_clone ended with {proc.returncode}"
+        assert parent_pid(command) == proc.pid
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 5
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # COMMAND too, were it left behind
+        proc.wait()
