@@ -414,3 +414,84 @@ def test_shell_without_a_command(util_linux_unshare: None) -> None:
     theirs, ours = both(input="echo $0; exit 4\n", env=env)
     assert theirs == (4, "-sh\n", "")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("option, kind", [
+    ("--net", "net"), ("--uts", "uts"), ("--ipc", "ipc"), ("--cgroup", "cgroup"),
+    ("-m --user", "user"), ("--mount", "mnt"), ("-f --pid", "pid"), ("-f --time", "time")])
+def test_namespace_file_outlives_the_command(util_linux_unshare: None, privileged: None,
+                                            tmp_path: Any, option: str, kind: str) -> None:
+    """--net=FILE (...) bind-mounts the namespace on FILE, where nsenter joins it once the
+    command and linux_clone have exited (in a mount namespace of the test's, so the bind
+    mount goes with it).  A pid namespace without processes takes no new ones: nsenter -F
+    enters it for children to come, without forking."""
+    *fork, name = option.split()
+    target = tmp_path / "ns"
+
+    def run(program: List[str]) -> List[str]:
+        import linux_clone
+        linux_clone.unshare(linux_clone.NEWNS)
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+        target.touch()
+        inside = subprocess.run([*program, *fork, f"{name}={target}", "readlink",
+                                 f"/proc/self/ns/{kind}"], capture_output=True, text=True,
+                                env=python_env(), cwd="/", timeout=60)
+        joined = subprocess.run(
+            # An unmapped user namespace: no uid 0 to become in it.
+            ["nsenter", "-F", "--preserve-credentials", f"--{NS_OPTION[kind]}={target}",
+             "readlink",
+             "/proc/self/ns/" + ("pid_for_children" if kind == "pid" else kind)],
+            capture_output=True, text=True, timeout=60)
+        return [inside.stdout + inside.stderr, joined.stdout + joined.stderr]
+
+    inside, joined = in_child(run, [sys.executable, "-m", "linux_clone"])
+    assert re.fullmatch(rf"{kind}:\[\d+\]\n", inside) and inside != os.readlink(
+        f"/proc/self/ns/{kind}") + "\n", inside
+    assert joined == inside
+    theirs = in_child(run, ["unshare"])
+    assert theirs[0] == theirs[1]
+
+
+NS_OPTION = {"net": "net", "uts": "uts", "ipc": "ipc", "cgroup": "cgroup", "user": "user",
+             "mnt": "mount", "pid": "pid", "time": "time"}
+
+
+def test_mount_proc_elsewhere_as_unshare(util_linux_unshare: None, privileged: None,
+                                         tmp_path: Any) -> None:
+    theirs, ours = both("-fp", f"--mount-proc={tmp_path}", "sh", "-c",
+                        f"cd {tmp_path} && echo [0-9]*; grep -c ' {tmp_path} ' "
+                        "/proc/self/mountinfo")
+    assert ours == theirs == (0, "1\n1\n", "")
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat ("" when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.mark.parametrize("options, survives", [
+    ([], True), (["--kill-child"], False), (["--kill-child=SIGTERM"], False)])
+def test_sigkill_of_linux_clone(options: List[str], survives: bool) -> None:
+    """SIGKILL cannot be blocked: COMMAND lives on, reparented -- unless --kill-child."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linux_clone", "-f", *options, "--", "sh", "-c",
+         "echo $$; exec sleep 60"],
+        stdout=subprocess.PIPE, text=True, env=python_env(), cwd="/", start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        command = int(proc.stdout.readline())
+        proc.kill()
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        if survives:
+            assert process_state(command) not in ("", "Z")
+            assert parent_pid(command) != proc.pid
+        else:
+            while process_state(command) not in ("", "Z"):
+                time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
