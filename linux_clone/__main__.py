@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import (NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
                configure_loopback, unshare)
@@ -100,13 +100,16 @@ With --fork, SIGINT, SIGTERM, SIGQUIT and SIGHUP do not end the wait for <progra
 class Failure(Exception):
     """What unshare(1) reports with err() (with an errno) or errx() (without), and exits."""
 
-    def __init__(self, message: str, error: int = 0, status: int = 1) -> None:
+    def __init__(self, message: str, error: Optional[int] = None, status: int = 1) -> None:
         super().__init__(message)
         self.message, self.error, self.status = message, error, status
 
     def report(self) -> int:
         text = f"{PROG}: {self.message}"
-        print(f"{text}: {os.strerror(self.error)}" if self.error else text, file=sys.stderr)
+        if self.error is not None:
+            text += f": {os.strerror(self.error)}"
+        if self.message:  # else a helper has said it
+            print(text, file=sys.stderr)
         return self.status
 
 
@@ -210,6 +213,74 @@ def signal_number(name: str) -> int:
     raise Failure(f"unknown signal: {name}")
 
 
+def id_range(text: str) -> Tuple[int, int, int]:
+    """OUTER,INNER,COUNT, split as util-linux's string_to_idarray does."""
+    ids: List[int] = []
+    begin: Optional[int] = None
+    for p, char in enumerate(text):
+        if len(ids) == 3:
+            break
+        begin = p if begin is None else begin
+        end = p + 1 if p + 1 == len(text) else p if char == "," else None
+        if end is None:
+            continue
+        if end <= begin:
+            break
+        ids.append(strtoul(text[begin:end], "could not parse ID") & 0xFFFFFFFF)
+        begin = None
+    else:
+        if len(ids) < 3 and text:
+            raise Failure(f"mapping '{text}' contains only {len(ids)} elements")
+        if text:
+            return ids[0], ids[1], ids[2]
+    raise Failure(f"too many elements for mapping '{text}'")
+
+
+def subid_range(path: str, uid: int) -> Tuple[int, int, int]:
+    """The first range of /etc/subuid (/etc/subgid) for uid, by name or number, mapped to 0."""
+    import pwd
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise Failure(f"you (user {uid}) don't exist.") from None
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise Failure(f"could not open '{path}'", exc.errno) from None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 3 and (fields[0] == name or fields[0] == str(uid)):
+            return (strtoul(fields[1], "failed to parse subid map"),
+                    0, strtoul(fields[2], "failed to parse subid map"))
+    raise Failure(f'no line matching user "{name}" in {path}', 0)
+
+
+def idmapper_argv(program: str, pid: int, outer: int, inner: Optional[int],
+                  idmap: Tuple[int, int, int]) -> List[str]:
+    """newuidmap/newgidmap's command line, as unshare(1)'s map_ids() builds it: our id as
+    inner (if given) and the range, the range split around both so that none overlap."""
+    map_outer, map_inner, count = idmap
+    if inner is None:
+        return [program, str(pid), str(map_inner), str(map_outer), str(count)]
+    if map_outer <= outer <= map_outer + count or map_inner <= inner <= map_inner + count:
+        count -= 1
+    outer_offset = min(max(outer - map_outer, 0), count)
+    inner_offset = min(max(inner - map_inner, 0), count)
+    low = (map_outer, map_inner, min(inner_offset, outer_offset))
+    mid_outer, mid_inner = low[0] + low[2], low[1] + low[2]
+    mid = (mid_outer + (mid_outer == outer), mid_inner + (mid_inner == inner),
+           abs(outer_offset - inner_offset))
+    high_outer, high_inner = mid[0] + mid[2], mid[1] + mid[2]
+    high = (high_outer + (high_outer == outer), high_inner + (high_inner == inner),
+            count - low[2] - mid[2])
+    argv = [program, str(pid), str(inner), str(outer), "1"]
+    for o, i, n in (low, mid, high):
+        if n:  # new[gu]idmap refuses empty ranges
+            argv += [str(i), str(o), str(n)]
+    return argv
+
+
 class Options:
     """What unshare(1)'s main() collects from its command line."""
 
@@ -219,6 +290,8 @@ class Options:
         self.persist: Dict[str, str] = {}
         self.map_user: Optional[int] = None
         self.map_group: Optional[int] = None
+        self.usermap: Optional[Tuple[int, int, int]] = None  # (outer, inner, count)
+        self.groupmap: Optional[Tuple[int, int, int]] = None
         self.kill_child = 0
         self.proc: Optional[str] = None
         self.propagation = MS_REC | MS_PRIVATE
@@ -260,9 +333,16 @@ def parse_args(argv: List[str]) -> Options:
                 opts.map_user, opts.map_group = 0, 0
             elif name == "map-current-user":
                 opts.map_user, opts.map_group = real_uid, real_gid
+            elif name == "map-auto":
+                opts.usermap = subid_range("/etc/subuid", real_uid)
+                opts.groupmap = subid_range("/etc/subgid", real_uid)
             else:
-                # Ranges go through newuidmap/newgidmap (shadow's setuid helpers) in unshare(1).
-                raise Failure(f"--{name} is not supported by {PROG}")
+                idmap = (subid_range(f"/etc/sub{name[4]}id", real_uid) if value == "auto"
+                         else id_range(value))
+                if name == "map-users":
+                    opts.usermap = idmap
+                else:
+                    opts.groupmap = idmap
         elif name == "setgroups":
             if value not in ("allow", "deny"):
                 raise Failure(f"unsupported --setgroups argument '{value}'")
@@ -326,11 +406,11 @@ def write_file(path: str, text: str, message: str, missing_ok: bool = False) -> 
     except OSError as exc:
         if missing_ok and exc.errno == 2:  # ENOENT: a kernel without the file
             return
-        raise Failure(f"cannot open {path}", exc.errno or 0) from None
+        raise Failure(f"cannot open {path}", exc.errno) from None
     try:
         os.write(fd, text.encode())
     except OSError as exc:
-        raise Failure(message, exc.errno or 0) from None
+        raise Failure(message, exc.errno) from None
     finally:
         os.close(fd)
 
@@ -341,16 +421,12 @@ def bind_ns_files(opts: Options, pid: int) -> None:
         mount(source, target, None, MS_BIND, f"mount {source} on {target} failed")
 
 
-def start_binder(opts: Options) -> Tuple[int, int]:
-    """A child that, once told to, bind-mounts our namespace files from the mount namespace
-    we are leaving (a mount namespace file cannot be bound inside itself): (pid, fd to tell)."""
-    parent = os.getpid()
-    path = f"/proc/{parent}/ns/mnt"
-    try:
-        inode = os.stat(path).st_ino
-    except OSError as exc:
-        raise Failure(f"stat of {path} failed", exc.errno or 0) from None
+def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
+    """A child that calls work() once told to by sync_with_helper (after our unshare), then
+    exits, 1 with a message if it raised Failure: (its pid, the fd to tell it by)."""
     rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid:
         os.close(rfd)
@@ -358,23 +434,71 @@ def start_binder(opts: Options) -> Tuple[int, int]:
     status = 1
     try:
         os.close(wfd)
-        if os.read(rfd, 1) and os.stat(path).st_ino != inode:
-            bind_ns_files(opts, parent)
+        if os.read(rfd, 1):
+            work()
             status = 0
     except Failure as failure:
         status = failure.report()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
     finally:
         sys.stderr.flush()
         os._exit(status)
 
 
-def finish_binder(binder: Tuple[int, int]) -> None:
-    pid, fd = binder
+def sync_with_helper(helper: Tuple[int, int]) -> None:
+    """Tell the helper to go on and wait for it; its failure (it has said why) is ours."""
+    pid, fd = helper
     os.write(fd, b"\x06")
     os.close(fd)
     _, status = os.waitpid(pid, 0)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status):
-        raise SystemExit(os.WEXITSTATUS(status))
+        raise Failure("", None, os.WEXITSTATUS(status))
+
+
+def start_binder(opts: Options) -> Tuple[int, int]:
+    """A helper that bind-mounts our namespace files from the mount namespace we are
+    leaving (a mount namespace file cannot be bound inside itself)."""
+    parent = os.getpid()
+    path = f"/proc/{parent}/ns/mnt"
+    try:
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        raise Failure(f"stat of {path} failed", exc.errno) from None
+
+    def bind() -> None:
+        if os.stat(path).st_ino == inode:
+            raise Failure("", None, 1)
+        bind_ns_files(opts, parent)
+
+    return start_helper(bind)
+
+
+def start_idmapper(opts: Options, real_uid: int, real_gid: int) -> Tuple[int, int]:
+    """A helper that writes our id ranges with shadow's setuid newuidmap and newgidmap, as
+    unshare(1) does (both at once: one in a child of the helper)."""
+    parent = os.getpid()
+
+    def run(program: str, outer: int, inner: Optional[int],
+            idmap: Tuple[int, int, int]) -> None:
+        argv = idmapper_argv(program, parent, outer, inner, idmap)
+        try:
+            os.execvp(program, argv)
+        except OSError as exc:
+            raise Failure(f"failed to execute {program}", exc.errno,
+                          127 if exc.errno == 2 else 126) from None
+
+    def write_maps() -> None:
+        usermap, groupmap = opts.usermap, opts.groupmap
+        if usermap and groupmap:
+            sync_with_helper(start_helper(
+                lambda: run("newuidmap", real_uid, opts.map_user, usermap)))
+        elif usermap:
+            run("newuidmap", real_uid, opts.map_user, usermap)
+        if groupmap:
+            run("newgidmap", real_gid, opts.map_group, groupmap)
+
+    return start_helper(write_maps)
 
 
 def keep_caps() -> None:
@@ -407,10 +531,10 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
         import ctypes
         if libc().prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(opts.kill_child), 0, 0, 0) < 0:
             raise Failure("prctl failed", ctypes.get_errno())
-    if opts.map_user is not None:
+    if opts.map_user is not None and not opts.usermap:
         write_file("/proc/self/uid_map", f"{opts.map_user} {real_uid} 1",
                    "write failed /proc/self/uid_map")
-    if opts.map_group is not None:
+    if opts.map_group is not None and not opts.groupmap:
         if opts.setgroups == "allow":
             raise Failure("options --setgroups=allow and --map-group are mutually exclusive")
         # Since Linux 3.19 an unprivileged gid_map needs setgroups denied first.
@@ -430,13 +554,13 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
             os.chroot(opts.root)
         except OSError as exc:
             raise Failure(f"cannot change root directory to '{opts.root}'",
-                          exc.errno or 0) from None
+                          exc.errno) from None
         wd = wd or "/"
     if wd is not None:
         try:
             os.chdir(wd)
         except OSError as exc:
-            raise Failure(f"cannot chdir to '{wd}'", exc.errno or 0) from None
+            raise Failure(f"cannot chdir to '{wd}'", exc.errno) from None
     if opts.proc is not None:
         if opts.root is None and opts.propagation != MS_REC | MS_PRIVATE:
             try:
@@ -455,7 +579,7 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
             socket.sethostname(opts.hostname)
     except OSError as exc:
         what = "set the hostname" if opts.hostname is not None else "bring up lo"
-        raise Failure(f"cannot {what}", exc.errno or 0) from None
+        raise Failure(f"cannot {what}", exc.errno) from None
     for which, ask in (("gid", opts.gid), ("uid", opts.uid)):
         if ask is None:
             continue
@@ -469,7 +593,7 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
                 step = "setuid"
                 os.setuid(ask)
         except OSError as exc:
-            raise Failure(f"{step} failed", exc.errno or 0) from None
+            raise Failure(f"{step} failed", exc.errno) from None
     if opts.keep_caps and opts.flags & NEWUSER:
         keep_caps()
     argv = opts.command or [os.environ.get("SHELL", "/bin/sh")]
@@ -479,7 +603,7 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
         # As unshare(1): a login shell, by its path (no PATH search).
         os.execv(argv[0], ["-" + os.path.basename(argv[0])])
     except OSError as exc:
-        raise Failure(f"failed to execute {argv[0]}", exc.errno or 0,
+        raise Failure(f"failed to execute {argv[0]}", exc.errno,
                       127 if exc.errno == 2 else 126) from None  # ENOENT
 
 
@@ -489,10 +613,14 @@ def run(opts: Options) -> int:
     real_uid, real_gid = os.geteuid(), os.getegid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap COMMAND
     binder = start_binder(opts) if opts.persist and opts.flags & NEWNS else None
+    idmapper = (start_idmapper(opts, real_uid, real_gid) if opts.usermap or opts.groupmap
+                else None)
     try:
         unshare(opts.flags)
     except OSError as exc:
-        raise Failure("unshare failed", exc.errno or 0) from None
+        raise Failure("unshare failed", exc.errno) from None
+    if idmapper is not None:
+        sync_with_helper(idmapper)
     for clock, offset in sorted(opts.offsets.items(), reverse=True):
         write_file("/proc/self/timens_offsets", f"{clock} {offset} 0",
                    "failed to write to /proc/self/timens_offsets")
@@ -524,7 +652,7 @@ def run(opts: Options) -> int:
                 os._exit(status)
     if opts.persist:
         if binder is not None:
-            finish_binder(binder)
+            sync_with_helper(binder)
         else:
             bind_ns_files(opts, os.getpid())
     if not pid:

@@ -499,3 +499,38 @@ def test_sigkill_of_linux_clone(options: List[str], survives: bool) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("args", [
+    ["--map-users=auto"], ["--map-auto"], ["--map-users=1,,3"], ["--map-users=1,2,3,"],
+    ["--map-users="], ["--map-groups=1,2"], ["--map-users=1,2,3,4"], ["--map-groups=x,2,3"],
+])
+def test_bad_id_ranges_as_unshare(util_linux_unshare: None, args: List[str]) -> None:
+    theirs, ours = both(*args, "true")
+    assert theirs[0] != 0
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("args", [
+    ["--map-users=100000,0,65536"], ["--map-groups=100000,0,65536"],
+    ["--map-users=100000,0,65536", "--map-groups=200000,0,1000"],
+    ["-r", "--map-users=1000,0,10", "--map-groups=1000,0,10"],
+    ["--map-user=5", "--map-users=0,0,100"], ["--map-group=50", "--map-groups=10,20,100"],
+    ["-c", "--map-users=0,0,3"],
+])
+def test_id_ranges_go_to_newuidmap_as_under_unshare(util_linux_unshare: None,
+                                                     privileged: None, tmp_path: Any,
+                                                     args: List[str]) -> None:
+    """The same newuidmap/newgidmap command lines (stand-ins that print them here: shadow's
+    are not needed, nor installed on every test machine), the maps left unwritten."""
+    for name in ("newuidmap", "newgidmap"):
+        program = tmp_path / name
+        # "1": the pid given is of the process that runs "... true" (ours or unshare).
+        program.write_text(f'#!/bin/sh\necho "{name} $(grep -c true /proc/$1/cmdline) '
+                           f'${{*#* }}" >&2\n')
+        program.chmod(0o755)
+    env = python_env(PATH=f"{tmp_path}:{os.environ['PATH']}")
+    theirs, ours = both(*args, "true", env=env)
+    assert theirs[0] == 0 and theirs[2], theirs
+    assert all(line.split()[1] == "1" for line in theirs[2].splitlines()), theirs
+    assert (ours[0], sorted(ours[2].splitlines())) == (theirs[0], sorted(theirs[2].splitlines()))
