@@ -240,11 +240,13 @@ def util_linux_unshare() -> None:
 
 # As a non-interactive shell starts `command &`: SIGINT and SIGQUIT ignored, for good.
 @pytest.mark.parametrize("ignored", [(), (signal.SIGINT, signal.SIGQUIT)])
-def test_command_signals_are_as_under_unshare(util_linux_unshare: None, ignored: tuple) -> None:
+@pytest.mark.parametrize("fork", [["--fork"], []])
+def test_command_signals_are_as_under_unshare(util_linux_unshare: None, ignored: tuple,
+                                              fork: List[str]) -> None:
     """Python's SIG_IGN for SIGPIPE and SIGXFSZ (`yes | head -1` would say "Broken pipe") and
     what we block while waiting are not for the command: it gets what unshare(1) gives it."""
-    ours = signal_state(sys.executable, "-m", "linux_clone", "--fork", "--", ignored=ignored)
-    assert ours == signal_state("unshare", "--fork", "--", ignored=ignored)
+    ours = signal_state(sys.executable, "-m", "linux_clone", *fork, "--", ignored=ignored)
+    assert ours == signal_state("unshare", *fork, "--", ignored=ignored)
     assert [name for name, _ in ours] == ["SigBlk", "SigIgn"]
 
 
