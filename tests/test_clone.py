@@ -1257,6 +1257,7 @@ def test_threaded_stress_quick(privileged: None) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180 + int(os.environ.get("LINUX_CLONE_STRESS_N", 2000)) * 0.2)
 def test_threaded_stress(privileged: None) -> None:
     n = int(os.environ.get("LINUX_CLONE_STRESS_N", 2000))
     report = run_stress(n, FORK_SAFE_SETS, timeout=10, max_hung=3)
