@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import resource
 import select
@@ -291,3 +292,47 @@ def test_threaded_clone_under_signals(setup: str, caller: str) -> None:
         return len(out), all(right), open_fds() == fds, wait_until(lambda: my_children() == [])
 
     assert in_child(attempt) == (40, True, True, True)
+
+
+@pytest.mark.timeout(120)
+def test_threaded_pidfd_lost_to_emfile_leaves_nothing() -> None:
+    """Another process flips this one's fd limit between "room for the socket pair" and
+    "no room for the pidfd": each clone returns (pid, pidfd) or raises EMFILE, and leaves
+    no fd and no child behind (the pidfd can be lost after the child exists)."""
+    def attempt() -> Any:
+        first = os.open("/dev/null", os.O_RDONLY)
+        probe = os.open("/dev/null", os.O_RDONLY)  # the socket pair's second fd, then the pidfd
+        os.close(first)
+        os.close(probe)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        parent = os.getpid()
+        flipper = os.fork()
+        if flipper == 0:
+            for i in itertools.count():  # flips about as often as a threaded clone takes
+                resource.prlimit(parent, resource.RLIMIT_NOFILE, (probe + 1 - i % 2, hard))
+                time.sleep(0.0005)
+        fds = open_fds()
+        outcomes = {"pidfd": 0, "EMFILE": 0}
+        try:
+            with running_threads(1):
+                for _ in range(300):
+                    try:
+                        pid, pidfd = linux_clone.clone(lambda: 5, 0, PIDFD | SIGCHLD)
+                    except OSError as exc:
+                        assert exc.errno == errno.EMFILE
+                        outcomes["EMFILE"] += 1
+                        time.sleep(0.001)  # spread the attempts over the flips
+                        continue
+                    # No fd to spare for /proc/self/fdinfo: a pidfd polls readable at exit.
+                    assert select.select([pidfd], [], [], 10)[0] == [pidfd]
+                    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 5
+                    os.close(pidfd)
+                    outcomes["pidfd"] += 1
+        finally:
+            os.kill(flipper, signal.SIGKILL)
+            os.waitpid(flipper, 0)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return outcomes, open_fds() == fds, my_children()
+
+    outcomes, same_fds, children = in_child(attempt)
+    assert sum(outcomes.values()) == 300 and same_fds and children == []
