@@ -19,7 +19,7 @@ import pytest
 
 import linux_clone
 from linux_clone import FILES, NEWPID, PIDFD
-from conftest import in_child, running_threads
+from conftest import drop_privileges, in_child, running_threads
 
 SIGCHLD = signal.SIGCHLD
 WALL = 0x40000000
@@ -101,6 +101,17 @@ def c_thread(seconds: int) -> Tuple[Any, ctypes.c_ulong]:
     return libc, tid
 
 
+def end_holder(holder: int) -> None:
+    """Kill a pid namespace's init and reap every child: the init ends only once each
+    process of its namespace is reaped, our clone children included."""
+    os.kill(holder, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+
+
 # ---- which path: single-threaded or threaded ----
 
 def test_exited_thread_no_longer_counts_even_without_a_free_fd() -> None:
@@ -157,8 +168,7 @@ def test_threaded_without_a_free_fd_is_emfile() -> None:
 def clone_in_pid_ns(flags: int) -> Any:
     """With a thread running, clone() inside entered(pid=holder, NEWPID): the child's pid in
     this namespace as clone() returned it and as the kernel has it, and the pidfd's."""
-    rfd, wfd = os.pipe()
-    holder = linux_clone.clone(lambda: os.read(rfd, 1) and 0, 0, NEWPID | SIGCHLD)
+    holder = linux_clone.clone(signal.pause, 0, NEWPID | SIGCHLD)
     release_r, release_w = os.pipe()
     report_r, report_w = os.pipe()
     try:
@@ -175,13 +185,8 @@ def clone_in_pid_ns(flags: int) -> Any:
         if pidfd is not None:
             os.close(pidfd)
     finally:
-        os.write(wfd, b"x")
-        while True:  # the holder (an init) ends only once every process of its namespace has
-            try:     # been reaped, our clone child included
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-        for fd in (rfd, wfd, release_r, release_w, report_r, report_w):
+        end_holder(holder)
+        for fd in (release_r, release_w, report_r, report_w):
             os.close(fd)
     return pid, seen, inner, fd_pid, ppid == os.getpid(), code
 
@@ -336,3 +341,36 @@ def test_threaded_pidfd_lost_to_emfile_leaves_nothing() -> None:
 
     outcomes, same_fds, children = in_child(attempt)
     assert sum(outcomes.values()) == 300 and same_fds and children == []
+
+
+def test_threaded_clone_in_pid_ns_of_own_user_ns(privileged: None) -> None:
+    """An unprivileged user in its own user namespace may enter a pid namespace it made but
+    not go back to its own (EPERM); the pid clone() returns needs neither."""
+    def attempt() -> Any:
+        drop_privileges()
+        linux_clone.unshare(linux_clone.NEWUSER)
+        for name, text in (("setgroups", "deny"), ("uid_map", "0 65534 1"),
+                           ("gid_map", "0 65534 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        holder = linux_clone.clone(signal.pause, 0, NEWPID | SIGCHLD)
+        release_r, release_w = os.pipe()
+        report_r, report_w = os.pipe()
+        try:
+            with running_threads(1):
+                pidfd = linux_clone.pidfd_open(holder)
+                linux_clone.setns(pidfd, NEWPID)  # this forked test process never leaves it
+                os.close(pidfd)
+                pid, pidfd = linux_clone.clone(held_child(release_r, report_w), 0,
+                                               PIDFD | SIGCHLD)
+                inner = int.from_bytes(os.read(report_r, 4), "little")
+                seen, fd_pid = nspid(pid), pidfd_pid(pidfd)
+                os.write(release_w, b"x")
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            os.close(pidfd)
+        finally:
+            end_holder(holder)
+        return pid, seen, inner, fd_pid, code
+
+    pid, seen, inner, fd_pid, code = in_child(attempt)
+    assert seen == [pid, inner] and fd_pid == pid and code == 7
