@@ -7,6 +7,7 @@ import os
 import sys
 
 from libc.errno cimport errno, EINTR, ECHILD, ENOENT, ENOTDIR
+from libc.errno cimport EMFILE
 from libc.string cimport memset, strerror
 from libc.stdint cimport uint64_t
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
@@ -53,40 +54,154 @@ cdef extern from "<ucontext.h>" nogil:
 
 cdef extern from *:
     """
+    #include <errno.h>
     #include <fcntl.h>
     #include <stdio.h>
     #include <string.h>
     #include <unistd.h>
+    #include <sys/socket.h>
+    #include <sys/stat.h>
     #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
     #include <sys/single_threaded.h>
     #endif
 
     /* True when no other thread can hold a libc lock: glibc >= 2.32 keeps
        __libc_single_threaded false once a second thread has ever existed, so a process that
-       had threads reads its current count (field 20 of /proc/self/stat). */
+       had threads asks procfs, whose link count of /proc/self/task is 2 + the threads alive;
+       a stat needs no free fd (an open failed with EMFILE and looked like threads). */
     static int lc_single_threaded(void) {
-        char buf[1024], *p;
-        ssize_t n;
-        int fd, field;
+        struct stat st;
     #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
         if (__libc_single_threaded)
             return 1;
     #endif
-        fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        return stat("/proc/self/task", &st) == 0 && st.st_nlink == 3;
+    }
+
+    /* 1 when the calling thread's children go to another pid namespace than its own (after
+       setns or unshare of NEWPID), 0 when not or /proc cannot tell, -1 when that namespace
+       has no init yet: after unshare(NEWPID), where procfs shows no pid_for_children. */
+    static int lc_pid_ns_moved(void) {
+        struct stat own, children;
+        if (stat("/proc/thread-self/ns/pid", &own) != 0)
             return 0;
-        n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0)
-            return 0;
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        for (field = 2; p != NULL && field < 20; field++)
-            p = strchr(p + 1, ' ');
-        return p != NULL && p[1] == '1' && p[2] == ' ';
+        if (stat("/proc/thread-self/ns/pid_for_children", &children) != 0)
+            return errno == ENOENT ? -1 : 0;
+        return own.st_ino != children.st_ino || own.st_dev != children.st_dev;
+    }
+
+    /* The forked helper's channel to the caller (see _clone_from_fork): a seqpacket pair;
+       with `passcred` the caller's end gets each sender's pid as its own namespace numbers it
+       (SCM_CREDENTIALS: the kernel translates it between pid namespaces). */
+    static int lc_report_pair(int fds[2], int passcred) {
+        int one = 1, saved;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == -1)
+            return -1;
+        if (passcred && setsockopt(fds[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == -1) {
+            saved = errno;
+            close(fds[0]);
+            close(fds[1]);
+            errno = saved;
+            return -1;
+        }
+        return 0;
+    }
+
+    /* One report: `value` (the helper's: the child's pid or -errno; the child's: 0), with
+       `fd` (>= 0) passed along as SCM_RIGHTS. */
+    static int lc_send_report(int sock, int value, int fd) {
+        union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } control;
+        struct iovec iov = { &value, sizeof value };
+        struct msghdr msg;
+        struct cmsghdr *cmsg;
+        ssize_t n;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        if (fd >= 0) {
+            memset(&control, 0, sizeof control);
+            msg.msg_control = control.buf;
+            msg.msg_controllen = sizeof control.buf;
+            cmsg = CMSG_FIRSTHDR(&msg);
+            cmsg->cmsg_level = SOL_SOCKET;
+            cmsg->cmsg_type = SCM_RIGHTS;
+            cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+        }
+        do
+            n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        while (n == -1 && errno == EINTR);
+        return n == sizeof value ? 0 : -1;
+    }
+
+    /* Receive one report: 1, or 0 at EOF or (without `block`) when none is queued.  *fd gets
+       the fd passed along (close-on-exec; fds[0] is left as it was otherwise), *lost is set
+       when one could not be received (no free fd: the kernel closed it), *sender is the
+       sender's pid in our pid namespace (with SO_PASSCRED). */
+    static int lc_recv_report(int sock, int block, int *value, int *fd, int *lost,
+                              pid_t *sender) {
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(2 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+        } control;
+        struct iovec iov = { value, sizeof *value };
+        struct msghdr msg;
+        struct cmsghdr *cmsg;
+        struct ucred cred;
+        ssize_t n;
+        int got;
+        size_t i;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        do
+            n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (block ? 0 : MSG_DONTWAIT));
+        while (n == -1 && errno == EINTR);
+        if (n == -1)
+            return errno == EAGAIN ? 0 : -1;
+        if (msg.msg_flags & MSG_CTRUNC)
+            *lost = 1;
+        for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+            if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+                for (i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                    memcpy(&got, CMSG_DATA(cmsg) + i * sizeof(int), sizeof got);
+                    if (*fd == -1)
+                        *fd = got;
+                    else
+                        close(got);
+                }
+            } else if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS) {
+                memcpy(&cred, CMSG_DATA(cmsg), sizeof cred);
+                *sender = cred.pid;
+            }
+        }
+        return n == sizeof *value;
+    }
+
+    /* The caller's word to a gated child: go (1 byte), or none (the caller closes its end). */
+    static void lc_send_go(int sock) {
+        while (send(sock, "g", 1, MSG_NOSIGNAL) == -1 && errno == EINTR)
+            ;
+    }
+
+    static int lc_wait_go(int sock) {
+        char go;
+        ssize_t n;
+        do
+            n = recv(sock, &go, 1, 0);
+        while (n == -1 && errno == EINTR);
+        return n == 1;
     }
     """
     bint lc_single_threaded() nogil
+    int lc_pid_ns_moved() nogil
+    int lc_report_pair(int fds[2], int passcred) nogil
+    int lc_send_report(int sock, int value, int fd) nogil
+    int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender) nogil
+    void lc_send_go(int sock) nogil
+    bint lc_wait_go(int sock) nogil
 
 
 # ---- constants, as the headers define them (the Python layer builds the enums) ----
@@ -622,50 +737,73 @@ cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *
 
 
 cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_args *args,
-                            int *err) noexcept nogil:
+                            bint pid_ns_moved, int *pidfd, int *err) noexcept nogil:
     """Clone as safely as fork() in a threaded process.
 
     glibc's fork() takes the malloc, stdio and atfork locks, so its child inherits none held
     by another thread; a raw clone does not.  So fork() a helper, which (now single-threaded)
-    clones with CLONE_PARENT -- the child becomes the caller's child -- reports the pid
-    through a pipe and exits.  Returns 0 in the child, the pid or -1 (with *err) in the parent.
+    clones with CLONE_PARENT -- the child becomes the caller's child -- reports the pid (and
+    the pidfd of CLONE_PIDFD, as SCM_RIGHTS) through a socket pair and exits.  When the
+    calling thread's children go to another pid namespace (pid_ns_moved), the helper is in
+    it too and numbers the child there, so the child itself reports: the kernel gives its
+    pid as the caller numbers it.  A child whose caller may still fail (no free fd for the
+    pidfd, no pid) is gated: it waits for the caller's word and exits without it.  Returns 0
+    in the child, the pid or -1 (with *err) in the parent.
     """
     cdef int fds[2]
-    cdef int value = 0, status
-    cdef pid_t helper, pid
-    cdef ssize_t n
-    if pipe2(fds, O_CLOEXEC) == -1:
+    cdef int value = 0, report, status, lost = 0
+    cdef pid_t helper, sender, pid = 0
+    cdef bint gated = pid_ns_moved or (flags & CLONE_PIDFD) != 0, heard_child = False
+    if lc_report_pair(fds, pid_ns_moved) == -1:
         err[0] = errno
         return -1
     helper = fork()
     if helper == 0:
-        pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args, NULL)
+        close(fds[0])  # the child must not hold it; and room for the pidfd with a full table
+        pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args, pidfd)
         if pid == 0:
-            close(fds[0])
+            if pid_ns_moved and lc_send_report(fds[1], 0, -1) == -1:
+                _exit(127)
+            if gated and not lc_wait_go(fds[1]):
+                _exit(127)
             close(fds[1])
             return 0
-        value = pid if pid > 0 else -errno
-        write(fds[1], &value, sizeof(value))
+        lc_send_report(fds[1], pid if pid > 0 else -errno, pidfd[0] if pid > 0 else -1)
         _exit(0)
     err[0] = errno
     close(fds[1])
     if helper == -1:
         close(fds[0])
         return -1
-    while True:
-        n = read(fds[0], &value, sizeof(value))
-        if n != -1 or errno != EINTR:
-            break
-    close(fds[0])
     while waitpid(helper, &status, 0) == -1 and errno == EINTR:
         pass
-    if n != sizeof(value):
-        err[0] = ECHILD  # the helper died before it could report
-        return -1
-    if value < 0:
-        err[0] = -value
-        return -1
-    return value
+    # The helper is gone, so its report is queued if it made one; only the child's may still
+    # be on its way, and is waited for (the child sends it before anything else, or dies).
+    while value == 0 or (pid_ns_moved and value > 0 and not heard_child):
+        report = sender = 0
+        if lc_recv_report(fds[0], pid_ns_moved and not heard_child, &report, pidfd, &lost,
+                          &sender) != 1:
+            break
+        if report != 0:
+            value = report
+        else:
+            heard_child, pid = True, sender
+    if not pid_ns_moved and value > 0:
+        pid = value
+    if value > 0 and pid > 0 and not lost:
+        if gated:
+            lc_send_go(fds[0])
+        close(fds[0])
+        return pid
+    err[0] = -value if value < 0 else EMFILE if lost else ECHILD  # ECHILD: no report
+    if pidfd[0] != -1:
+        close(pidfd[0])
+        pidfd[0] = -1
+    close(fds[0])  # a gated child now exits without running anything
+    if value > 0 and pid > 0:
+        while waitpid(pid, &status, 0) == -1 and errno == EINTR:
+            pass
+    return -1
 
 
 cdef extern from *:
@@ -806,7 +944,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     opened for this call, which the child closes first (the caller closes its own)."""
     global _child_func, _child_stack, _child_stack_size, _child_close_fd
     cdef _Stack stack = None
-    cdef int pidfd = -1, err = 0
+    cdef int pidfd = -1, err = 0, pid_ns_moved
     cdef pid_t pid
     cdef bint want_pidfd = (flags & CLONE_PIDFD) != 0
     if not callable(func):
@@ -840,6 +978,13 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
             "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
             "it clones from a forked helper, so that no lock another thread holds is "
             "inherited; clone before starting threads, or use the C-level API")
+    pid_ns_moved = 0 if direct else lc_pid_ns_moved()
+    if pid_ns_moved == -1:
+        PyOS_AfterFork_Parent()
+        raise RuntimeError(
+            "after unshare(NEWPID), with other threads running, clone() cannot make the init "
+            "of the new pid namespace: it clones from a forked helper, which would become that "
+            "init; clone before starting threads, or pass NEWPID to clone() instead")
     _child_func = func
     _child_stack = stack.base + _page_size if stack is not None else NULL
     _child_stack_size = stack.length - _page_size if stack is not None else 0
@@ -849,7 +994,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
     else:
-        pid = _clone_from_fork(flags & ~CLONE_PIDFD, exit_signal, args, &err)
+        pid = _clone_from_fork(flags, exit_signal, args, pid_ns_moved, &pidfd, &err)
     if pid == 0:
         _child_start()
     # Cleared while the fork lock is still held: in a free-threaded build another thread's
@@ -858,10 +1003,6 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
-    if want_pidfd and pidfd == -1:
-        pidfd = sys_pidfd_open(pid, 0)
-        if pidfd == -1:
-            _raise_errno(errno)
     if want_pidfd:
         return (pid, pidfd)
     return pid
