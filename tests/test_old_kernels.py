@@ -245,13 +245,13 @@ def call_pivot_root() -> None:
 
 
 def call_cli_time() -> None:
-    """python -m linux_clone --time: exits 0, or 1 with `linux_clone: clone: <strerror>`,
-    turned back into that OSError here."""
+    """python -m linux_clone --time: exits 0, or 1 with unshare(1)'s message shape
+    (`linux_clone: unshare failed: <strerror>`), turned back into that OSError here."""
     proc = subprocess.run([sys.executable, "-m", "linux_clone", "--time", "--", "true"],
                           cwd="/", env=python_env(), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT / 2)
     for err in (errno.ENOSYS, errno.EINVAL):
-        if (proc.returncode, proc.stderr) == (1, f"linux_clone: clone: {os.strerror(err)}\n"):
+        if (proc.returncode, proc.stderr) == (1, f"linux_clone: unshare failed: {os.strerror(err)}\n"):
             raise OSError(err, os.strerror(err))
     assert (proc.returncode, proc.stderr) == (0, ""), (proc.returncode, proc.stderr)
 
@@ -536,15 +536,10 @@ def _run_era(era: str) -> Any:
 
 # ---- the tests ----
 
-# (era, call): a defect of linux_clone the test shows; the test asserts the right behaviour.
-_PIDFD_LEAK = ("clone(PIDFD) with other threads running: the forked helper clones without "
-               "CLONE_PIDFD, then pidfd_open fails (ENOSYS before 5.3) and clone() raises with "
-               "the child already running, never killed nor reaped")
-KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {
-    ("pre-5.3", "clone PIDFD threaded"): _PIDFD_LEAK,
-    ("pre-5.2", "clone PIDFD threaded"): _PIDFD_LEAK,
-    ("pre-4.11", "clone PIDFD threaded"): _PIDFD_LEAK,
-}
+# (era, call): a defect of linux_clone the test shows, as a strict xfail naming it; the test
+# asserts the right behaviour.  (Threaded clone(PIDFD) leaving its child behind before 5.3 was
+# one: fixed by cloning with CLONE_PIDFD in the helper.)
+KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {}
 
 
 def _cases() -> List[Any]:
