@@ -7,6 +7,8 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, Tu
 
 from typing_extensions import disjoint_base
 
+from ._process import DEVNULL as DEVNULL, PIPE as PIPE, STDOUT as STDOUT
+
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
@@ -29,6 +31,7 @@ __all__ = [
     "CLONE_PARENT", "CLONE_CLEAR_SIGHAND", "CLONE_INTO_CGROUP", "CLONE_CSIGNAL", "KCMP_FILE",
     "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND", "KCMP_IO", "KCMP_SYSVSEM",
     "KCMP_EPOLL_TFD", "NS_GET_USERNS", "NS_GET_PARENT", "NS_GET_NSTYPE", "NS_GET_OWNER_UID",
+    "PIPE", "DEVNULL", "STDOUT",
 ]
 
 class _HasFileno(Protocol):
@@ -157,7 +160,10 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...
 def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
-          loopback: bool = False, pidfd: bool = False) -> Union[int, Tuple[int, int]]: ...
+          loopback: bool = False, pidfd: bool = False, stdin: Optional[_Fd] = None,
+          stdout: Optional[_Fd] = None, stderr: Optional[_Fd] = None,
+          pass_fds: Iterable[int] = (), close_fds: bool = True,
+          start_new_session: bool = False, umask: int = -1) -> Union[int, Tuple[int, int]]: ...
 
 @disjoint_base
 class entered:
