@@ -26,7 +26,7 @@ from ._core import (
     setns,
     unshare,
 )
-from ._process import DEVNULL, PIPE, STDOUT, _Handles
+from ._process import DEVNULL, PIPE, STDOUT, Popen, _Handles, run
 
 CloneFlag = enum.IntFlag("CloneFlag", _core.CLONE_FLAGS, module=__name__)
 CloneFlag.__doc__ = """The CLONE_* flags of <sched.h>, under the names of Perl's Linux::Clone.
@@ -274,7 +274,7 @@ __all__ = [
     "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype",
     "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
     "unshare",
-    "PIPE", "DEVNULL", "STDOUT",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,

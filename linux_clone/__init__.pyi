@@ -7,7 +7,9 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, Tu
 
 from typing_extensions import disjoint_base
 
-from ._process import DEVNULL as DEVNULL, PIPE as PIPE, STDOUT as STDOUT
+from ._process import (
+    DEVNULL as DEVNULL, PIPE as PIPE, STDOUT as STDOUT, Popen as Popen, run as run,
+)
 
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -31,7 +33,7 @@ __all__ = [
     "CLONE_PARENT", "CLONE_CLEAR_SIGHAND", "CLONE_INTO_CGROUP", "CLONE_CSIGNAL", "KCMP_FILE",
     "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND", "KCMP_IO", "KCMP_SYSVSEM",
     "KCMP_EPOLL_TFD", "NS_GET_USERNS", "NS_GET_PARENT", "NS_GET_NSTYPE", "NS_GET_OWNER_UID",
-    "PIPE", "DEVNULL", "STDOUT",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
 ]
 
 class _HasFileno(Protocol):
