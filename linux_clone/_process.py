@@ -1,5 +1,5 @@
 """Popen and run(): subprocess's process handle and runner over spawn(), waiting through the
-child's pidfd (never through SIGCHLD)."""
+child's pidfd (never through SIGCHLD), with an awaitable wait for asyncio."""
 
 from __future__ import annotations
 
@@ -308,6 +308,24 @@ class Popen:
         else:
             self.returncode = os.waitstatus_to_exitcode(status)
 
+    async def wait_async(self) -> int:
+        """Wait for the child without blocking the running asyncio loop (its reader on the
+        pidfd, no thread); return the returncode.  Without pidfds (Linux < 5.3), wait() runs
+        in the loop's default executor instead."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self.pidfd is None:
+            return await loop.run_in_executor(None, self.wait)
+        while self.poll() is None:
+            ready = loop.create_future()
+            loop.add_reader(self.pidfd, _set_done, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.pidfd)
+        return self.returncode  # type: ignore[return-value]
+
     # ---- signals ----
 
     def send_signal(self, sig: int) -> None:
@@ -432,6 +450,11 @@ def _readable(fd: int, timeout: Optional[float]) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+def _set_done(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _timeout_expired() -> Type[subprocess.TimeoutExpired]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -528,3 +529,33 @@ def test_popen_fds_are_flat_over_many_runs() -> None:
 
     before, after = in_child(case)
     assert after == before
+
+
+# ---- asyncio ----
+
+def test_wait_async_runs_many_children_without_threads(privileged: None) -> None:
+    async def main() -> Tuple[List[int], int]:
+        procs = [linux_clone.Popen(["sh", "-c", f"sleep 0.{i % 3}; exit {i}"], NEWNET)
+                 for i in range(20)]
+        threads = threading.active_count()
+        codes = await asyncio.gather(*(proc.wait_async() for proc in procs))
+        return codes, threading.active_count() - threads
+
+    def case() -> Tuple[List[int], int]:
+        return asyncio.run(main())
+
+    codes, new_threads = in_child(case)
+    assert codes == list(range(20)) and new_threads == 0
+
+
+def test_wait_async_cancelled_leaves_no_reader() -> None:
+    async def main() -> int:
+        proc = linux_clone.Popen(["sleep", "30"])
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait_async(), 0.1)
+        loop = asyncio.get_running_loop()
+        assert proc.pidfd is not None and not loop.remove_reader(proc.pidfd)
+        proc.kill()
+        return await proc.wait_async()
+
+    assert in_child(lambda: asyncio.run(main())) == -signal.SIGKILL
