@@ -25,6 +25,7 @@ from ._core import (
     setns,
     unshare,
 )
+from ._process import DEVNULL, PIPE, STDOUT, Popen, _Handles, run
 
 CloneFlag = enum.IntFlag("CloneFlag", _core.CLONE_FLAGS, module=__name__)
 CloneFlag.__doc__ = """The CLONE_* flags of <sched.h>, under the names of Perl's Linux::Clone.
@@ -252,7 +253,9 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
           cwd: Optional[Union[str, bytes, "os.PathLike[str]"]] = None,
           uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
           hostname: Optional[str] = None, loopback: bool = False,
-          pidfd: bool = False) -> Union[int, Tuple[int, int]]:
+          pidfd: bool = False, stdin: object = None, stdout: object = None,
+          stderr: object = None, pass_fds: Iterable[int] = (), close_fds: bool = True,
+          start_new_session: bool = False, umask: int = -1) -> Union[int, Tuple[int, int]]:
     """Run a program in new namespaces as posix_spawn runs one: CLONE_VM|CLONE_VFORK and a
     child that makes only syscalls, then execve.  Return its pid ((pid, pidfd) with pidfd).
 
@@ -264,6 +267,9 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
         failed write is an OSError whose filename is the /proc/<pid>/ file.
     hostname: set in the new UTS namespace (needs NEWUTS), at most 64 bytes; loopback: bring
         up lo (needs NEWNET).
+    stdin, stdout, stderr: an fd, a file object or DEVNULL (stderr also STDOUT), as for
+        subprocess.Popen; PIPE needs Popen.  pass_fds, close_fds (fds 3 and up but pass_fds
+        do not reach the program), start_new_session (setsid), umask: as for subprocess.
     The program starts with the caller's signal mask, and SIG_DFL for the signals the caller
     catches and for SIGPIPE and SIGXFSZ (as subprocess gives them).  A failure in the child
     raises the OSError it was (errno kept) in the parent: filename is argv[0] for exec, cwd
@@ -278,8 +284,18 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
         def before_start(pid: int) -> None:
             _write_maps(pid, uid_text, setgroups, gid_text)
 
-    return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,  # type: ignore
-                       loopback=loopback, pidfd=pidfd, before_start=before_start)
+    handles = None
+    if stdin is not None or stdout is not None or stderr is not None:
+        handles = _Handles(stdin, stdout, stderr, pipes=False)
+    try:
+        return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,  # type: ignore
+                           loopback=loopback, pidfd=pidfd, before_start=before_start,
+                           stdio=None if handles is None else handles.child,
+                           pass_fds=pass_fds, close_fds=close_fds,
+                           start_new_session=start_new_session, umask=umask)
+    finally:
+        if handles is not None:
+            handles.close_child()
 
 
 __all__ = [
@@ -287,6 +303,7 @@ __all__ = [
     "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype",
     "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
     "unshare",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,

@@ -10,6 +10,10 @@ from typing import (Callable, Iterable, Literal, Mapping, Optional, Protocol, Se
 # so this needs no typing_extensions installed; disjoint_base is there from mypy 1.18.
 from typing_extensions import disjoint_base
 
+from ._process import (
+    DEVNULL as DEVNULL, PIPE as PIPE, STDOUT as STDOUT, Popen as Popen, run as run,
+)
+
 _Fd = Union[int, "_HasFileno"]
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _Ns = Union[_Fd, _Path]
@@ -34,6 +38,7 @@ __all__ = [
     "CLONE_PARENT", "CLONE_CLEAR_SIGHAND", "CLONE_INTO_CGROUP", "CLONE_CSIGNAL", "KCMP_FILE",
     "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND", "KCMP_IO", "KCMP_SYSVSEM",
     "KCMP_EPOLL_TFD", "NS_GET_USERNS", "NS_GET_PARENT", "NS_GET_NSTYPE", "NS_GET_OWNER_UID",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
 ]
 
 class _HasFileno(Protocol):
@@ -186,17 +191,26 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...
 def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
-          loopback: bool = False, pidfd: Literal[False] = False) -> int: ...
+          loopback: bool = False, pidfd: Literal[False] = False, stdin: Optional[_Fd] = None,
+          stdout: Optional[_Fd] = None, stderr: Optional[_Fd] = None,
+          pass_fds: Iterable[int] = (), close_fds: bool = True,
+          start_new_session: bool = False, umask: int = -1) -> int: ...
 @overload
 def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
-          loopback: bool = False, pidfd: Literal[True]) -> Tuple[int, int]: ...
+          loopback: bool = False, pidfd: Literal[True], stdin: Optional[_Fd] = None,
+          stdout: Optional[_Fd] = None, stderr: Optional[_Fd] = None,
+          pass_fds: Iterable[int] = (), close_fds: bool = True,
+          start_new_session: bool = False, umask: int = -1) -> Tuple[int, int]: ...
 @overload
 def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
-          loopback: bool = False, pidfd: bool) -> Union[int, Tuple[int, int]]: ...
+          loopback: bool = False, pidfd: bool, stdin: Optional[_Fd] = None,
+          stdout: Optional[_Fd] = None, stderr: Optional[_Fd] = None,
+          pass_fds: Iterable[int] = (), close_fds: bool = True,
+          start_new_session: bool = False, umask: int = -1) -> Union[int, Tuple[int, int]]: ...
 
 @disjoint_base
 class entered:

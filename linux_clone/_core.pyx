@@ -1078,8 +1078,11 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
 
 # ---- spawn: a program in new namespaces, vfork-style ----
 
-from libc.errno cimport ENOSYS
-from posix.unistd cimport getpid
+from libc.errno cimport ENOSYS, EINVAL
+from libc.limits cimport UINT_MAX
+from posix.fcntl cimport fcntl, F_SETFD, FD_CLOEXEC, O_DIRECTORY
+from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
+from posix.unistd cimport getpid, dup, dup2, setsid
 
 cdef extern from *:
     """
@@ -1136,11 +1139,27 @@ cdef extern from *:
         p.revents = 0;
         return poll(&p, 1, 0) != 0;
     }
+
+    #ifndef CLOSE_RANGE_CLOEXEC
+    #define CLOSE_RANGE_CLOEXEC (1U << 2)   /* Linux 5.11 */
+    #endif
+    static inline int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    #ifdef SYS_close_range
+        return (int)syscall(SYS_close_range, first, last, flags);
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
     """
     void lc_reset_signals(const sigset_t *mask) nogil
     void lc_futex_wait_while(int *word, int value) nogil
     void lc_futex_set(int *word, int value) nogil
     bint lc_parent_gone(int pidfd, pid_t parent, bint newpid) nogil
+    const unsigned int CLOSE_RANGE_CLOEXEC
+    int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) nogil
+    long syscall(long number, ...) nogil
+    const long SYS_getdents64
 
 cdef extern from "<signal.h>" nogil:
     int sigfillset(sigset_t *s)
@@ -1152,6 +1171,9 @@ cdef extern from "<sys/prctl.h>" nogil:
               unsigned long arg5)
     const int PR_SET_PDEATHSIG
 
+cdef extern from "<sys/stat.h>" nogil:
+    unsigned int umask(unsigned int mask)
+
 cdef extern from "<unistd.h>" nogil:
     int execve(const char *path, char *const argv[], char *const envp[])
     int chdir(const char *path)
@@ -1159,11 +1181,13 @@ cdef extern from "<unistd.h>" nogil:
 
 
 cdef enum _Stage:
-    STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_CWD, STAGE_EXEC
+    STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_FDS, STAGE_CWD,
+    STAGE_SETSID, STAGE_EXEC
 
 # What the child was doing when a stage failed, for the OSError's message.
 cdef tuple _STAGE_STEPS = (None, "waiting for its id maps", "unshare(CLONE_NEWTIME)",
-                           "sethostname", "bringing up lo", "chdir", "execve")
+                           "sethostname", "bringing up lo", "pass_fds and stdin/stdout/stderr",
+                           "chdir", "setsid", "execve")
 
 cdef enum _Go:
     GO_WAIT, GO_RUN, GO_ABORT   # the parent's word to a child waiting for its id maps
@@ -1184,6 +1208,13 @@ cdef struct _SpawnRequest:
     int parent_pidfd    # the parent's pidfd (-1 without pidfds), for lc_parent_gone
     pid_t parent_pid
     sigset_t mask       # the parent's signal mask, restored before exec
+    int stdio[3]        # the fds to become 0, 1 and 2 (-1: as they are)
+    const int *keep     # pass_fds, sorted: made inheritable, and spared by close_fds
+    Py_ssize_t nkeep
+    bint fds            # stdio or pass_fds given: _spawn_fds runs
+    bint close_fds      # no fd but 0-2 and `keep` reaches the program
+    bint setsid
+    int umask           # -1: the caller's
     int err             # set by the child on failure (the memory is shared)
     int stage
 
@@ -1202,6 +1233,33 @@ cdef class _CStrings:
         for i in range(len(self.items)):
             self.array[i] = self.items[i]
         self.array[len(self.items)] = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.array)
+
+
+cdef class _Fds:
+    """pass_fds as a sorted C array of distinct fds: 0 to INT_MAX, through __index__ (a
+    negative fd is a ValueError, a larger one an OverflowError)."""
+    cdef int *array
+    cdef Py_ssize_t n
+
+    def __cinit__(self, fds):
+        cdef Py_ssize_t i
+        cdef int fd
+        distinct = set()
+        for item in fds:
+            fd = _index(item)
+            if fd < 0:
+                raise ValueError(f"pass_fds holds fds, not {fd}")
+            distinct.add(fd)
+        values = sorted(distinct)
+        self.n = len(values)
+        self.array = <int *>PyMem_Malloc((self.n + 1) * sizeof(int))
+        if self.array == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.array[i] = values[i]
 
     def __dealloc__(self):
         PyMem_Free(self.array)
@@ -1237,8 +1295,16 @@ cdef int _spawn_child(void *arg) noexcept nogil:
         return _spawn_fail(req, STAGE_HOSTNAME, errno)
     if req.loopback and lc_configure_loopback() == -1:
         return _spawn_fail(req, STAGE_LOOPBACK, errno)
+    if req.fds and _spawn_fds(req) == -1:
+        return _spawn_fail(req, STAGE_FDS, errno)
     if req.cwd != NULL and chdir(req.cwd) == -1:
         return _spawn_fail(req, STAGE_CWD, errno)
+    if req.umask >= 0:
+        umask(<unsigned int>req.umask)
+    if req.setsid and setsid() == -1:
+        return _spawn_fail(req, STAGE_SETSID, errno)
+    if req.close_fds:
+        _close_fds(req.keep, req.nkeep)
     while path[0] != NULL:
         execve(path[0], req.argv, req.envp)
         # As subprocess does: report the first error that is not "no such file here".
@@ -1248,6 +1314,139 @@ cdef int _spawn_child(void *arg) noexcept nogil:
     return _spawn_fail(req, STAGE_EXEC, err if err != 0 else errno)
 
 
+# The fd work of the child follows CPython's Modules/_posixsubprocess.c (child_exec and
+# _close_open_fds), system calls only.
+
+cdef inline int _inheritable(int fd, bint inheritable) noexcept nogil:
+    # FD_CLOEXEC is the only fd flag, so it is set without reading the flags first.
+    return fcntl(fd, F_SETFD, 0 if inheritable else FD_CLOEXEC)
+
+
+cdef inline int _dup_to(int fd, int target) noexcept nogil:
+    if fd == -1:
+        return 0
+    if fd == target:
+        # dup2 onto itself does nothing, so the close-on-exec flag it clears stays (CPython
+        # issue 10806): clear it here.
+        return _inheritable(fd, True)
+    return dup2(fd, target)
+
+
+cdef int _spawn_fds(_SpawnRequest *req) noexcept nogil:
+    """pass_fds made inheritable, then stdin, stdout and stderr put in place; -1 (errno)
+    on failure.  The parent's pipe ends are close-on-exec and never in pass_fds."""
+    cdef int c2pwrite = req.stdio[1], errwrite = req.stdio[2]
+    cdef Py_ssize_t i
+    for i in range(req.nkeep):
+        if _inheritable(req.keep[i], True) == -1:
+            return -1
+    # A source fd that a dup2 below would overwrite first moves out of the way, to a
+    # close-on-exec copy (CPython issues 12607 and 32270): stdout's from 0, stderr's from 0
+    # and 1 (dup may return 0 again when 0 is free).
+    if c2pwrite == 0:
+        c2pwrite = dup(c2pwrite)
+        if c2pwrite == -1 or _inheritable(c2pwrite, False) == -1:
+            return -1
+    while errwrite == 0 or errwrite == 1:
+        errwrite = dup(errwrite)
+        if errwrite == -1 or _inheritable(errwrite, False) == -1:
+            return -1
+    if (_dup_to(req.stdio[0], 0) == -1 or _dup_to(c2pwrite, 1) == -1
+            or _dup_to(errwrite, 2) == -1):
+        return -1
+    return 0
+
+
+cdef int _close_range_except(unsigned int flags, const int *keep,
+                             Py_ssize_t nkeep) noexcept nogil:
+    """close_range(flags) over fds 3 and up but those in `keep` (sorted); -1 (errno) when the
+    kernel refuses."""
+    cdef unsigned int first = 3
+    cdef Py_ssize_t i
+    for i in range(nkeep):
+        if <unsigned int>keep[i] < first:
+            continue
+        if <unsigned int>keep[i] > first and lc_close_range(first, keep[i] - 1, flags) == -1:
+            return -1
+        first = keep[i] + 1
+    return lc_close_range(first, UINT_MAX, flags)
+
+
+cdef bint _kept(int fd, const int *keep, Py_ssize_t nkeep) noexcept nogil:
+    cdef Py_ssize_t low = 0, high = nkeep, middle
+    while low < high:
+        middle = (low + high) >> 1
+        if keep[middle] == fd:
+            return True
+        if keep[middle] < fd:
+            low = middle + 1
+        else:
+            high = middle
+    return False
+
+
+cdef struct _Dirent64:  # struct linux_dirent64 of getdents64(2)
+    unsigned long long d_ino
+    long long d_off
+    unsigned short d_reclen
+    unsigned char d_type
+    char d_name[1]
+
+
+cdef int _fd_name(const char *name) noexcept nogil:
+    """The fd a /proc/self/fd entry names, -1 for "." and ".."."""
+    cdef int fd = 0
+    if name[0] == 0:
+        return -1
+    while name[0] != 0:
+        if name[0] < c'0' or name[0] > c'9':
+            return -1
+        fd = fd * 10 + (name[0] - c'0')
+        name += 1
+    return fd
+
+
+cdef void _close_listed_fds(const int *keep, Py_ssize_t nkeep) noexcept nogil:
+    """Close the fds 3 and up that /proc/self/fd lists, but `keep` -- or, without /proc,
+    every fd below RLIMIT_NOFILE (256 if unknown), as CPython's _close_open_fds_safe."""
+    cdef unsigned long long buf[128]  # 1 KiB, aligned for the entries
+    cdef _Dirent64 *entry
+    cdef long n, offset
+    cdef int fd, limit = 256, dir_fd = c_open(b"/proc/self/fd", O_RDONLY | O_DIRECTORY
+                                              | O_CLOEXEC)
+    cdef rlimit nofile
+    if dir_fd == -1:
+        if getrlimit(RLIMIT_NOFILE, &nofile) == 0:
+            limit = <int>min(nofile.rlim_cur, <unsigned long>INT_MAX)
+        for fd in range(3, limit):
+            if not _kept(fd, keep, nkeep):
+                close(fd)
+        return
+    while True:
+        n = syscall(SYS_getdents64, dir_fd, buf, sizeof(buf))
+        if n <= 0:
+            break
+        offset = 0
+        while offset < n:
+            entry = <_Dirent64 *>(<char *>buf + offset)
+            fd = _fd_name(entry.d_name)
+            if fd >= 3 and fd != dir_fd and not _kept(fd, keep, nkeep):
+                close(fd)
+            offset += entry.d_reclen
+    close(dir_fd)
+
+
+cdef void _close_fds(const int *keep, Py_ssize_t nkeep) noexcept nogil:
+    """close_fds: the fds 3 and up but `keep` close on exec.  Linux 5.9 and 5.10 have
+    close_range without CLOSE_RANGE_CLOEXEC (EINVAL), so they are closed outright, and
+    before 5.9 (ENOSYS) the ones /proc/self/fd lists are."""
+    if _close_range_except(CLOSE_RANGE_CLOEXEC, keep, nkeep) == 0:
+        return
+    if errno == EINVAL and _close_range_except(0, keep, nkeep) == 0:
+        return
+    _close_listed_fds(keep, nkeep)
+
+
 SPAWN_STACK_SIZE = 64 * 1024
 HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
 cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
@@ -1255,14 +1454,36 @@ cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIP
                                         | CLONE_NEWTIME | CLONE_PIDFD)
 
 
+cdef int _spawn_fd_options(_SpawnRequest *req, object stdio, _Fds keep, bint close_fds,
+                           bint start_new_session, object umask) except -1:
+    """Fill in the fd options of `req` (keep: pass_fds, kept alive by the caller).
+    stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
+    cdef int i
+    req.umask = _index(umask)
+    if req.umask < -1:
+        raise ValueError(f"umask is -1 (the caller's) or a mode, not {req.umask}")
+    for i in range(3):
+        req.stdio[i] = -1 if stdio is None else _index(stdio[i])
+        if req.stdio[i] < -1:
+            raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
+                             f"{req.stdio[i]}")
+    req.keep, req.nkeep = keep.array, keep.n
+    req.fds = stdio is not None or keep.n > 0
+    req.close_fds, req.setsid = close_fds, start_new_session
+    return 0
+
+
 def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
-          bint loopback=False, bint pidfd=False, before_start=None):
+          bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
+          bint close_fds=True, bint start_new_session=False, umask=-1):
     """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
     without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
-    runs in the parent while the child waits)."""
+    runs in the parent while the child waits) and takes file objects for stdio, which here
+    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
     cdef unsigned long long ns_flags = _index(flags)
     cdef _SpawnRequest req
     cdef _CStrings c_argv, c_envp, c_paths
+    cdef _Fds keep
     cdef bytes c_cwd = None, c_hostname = None
     cdef _Stack stack
     cdef sigset_t all_signals
@@ -1301,6 +1522,8 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
             raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
                              f"{HOST_NAME_MAX}")
         req.hostname, req.hostname_len = c_hostname, len(c_hostname)
+    keep = _Fds(pass_fds)
+    _spawn_fd_options(&req, stdio, keep, close_fds, start_new_session, umask)
     req.loopback = loopback
     req.newtime = (ns_flags & CLONE_NEWTIME) != 0
     req.newpid = (ns_flags & CLONE_NEWPID) != 0

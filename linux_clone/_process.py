@@ -1,0 +1,502 @@
+"""Popen and run(): subprocess's process handle and runner over spawn(), waiting through the
+child's pidfd (never through SIGCHLD), with an awaitable wait for asyncio."""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import warnings
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, cast
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess's values (a test checks they are equal); subprocess itself is imported only
+# where its exception and result classes are needed, as it adds to import time.
+PIPE = -1
+STDOUT = -2
+DEVNULL = -3
+
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # as subprocess writes input: atomic chunks
+_READ_SIZE = 32768
+
+
+class _Handles:
+    """stdin/stdout/stderr as subprocess's _get_handles resolves them: the fds the child gets
+    (-1: the caller's), the parent's pipe ends, and the fds opened here that the parent
+    closes once the child has them.  pipes: whether PIPE is allowed (spawn has no pipe ends
+    to return)."""
+
+    def __init__(self, stdin: Any, stdout: Any, stderr: Any, pipes: bool) -> None:
+        self.child = [-1, -1, -1]    # p2cread, c2pwrite, errwrite
+        self.parent = [-1, -1, -1]   # p2cwrite, c2pread, errread
+        self.opened: List[int] = []  # closed in the parent once the child has them
+        self._devnull = -1
+        try:
+            for i, (name, value) in enumerate((("stdin", stdin), ("stdout", stdout),
+                                               ("stderr", stderr))):
+                self._resolve(i, name, value, pipes)
+        except BaseException:
+            self.close_all()
+            raise
+
+    def _resolve(self, i: int, name: str, value: Any, pipes: bool) -> None:
+        if value is None:
+            return
+        if value == PIPE:
+            if not pipes:
+                raise ValueError(f"{name}=PIPE needs Popen: spawn() returns no pipe ends")
+            rfd, wfd = os.pipe()
+            self.opened.append(rfd if i == 0 else wfd)
+            self.child[i], self.parent[i] = (rfd, wfd) if i == 0 else (wfd, rfd)
+        elif value == DEVNULL:
+            if self._devnull == -1:
+                self._devnull = os.open(os.devnull, os.O_RDWR)
+                self.opened.append(self._devnull)
+            self.child[i] = self._devnull
+        elif value == STDOUT:
+            if i != 2:
+                raise ValueError(f"STDOUT is a value for stderr, not for {name}")
+            # subprocess: the child's stdout, or the caller's when that is not redirected.
+            if self.child[1] != -1:
+                self.child[2] = self.child[1]
+            elif sys.__stdout__ is None:
+                raise ValueError("stderr=STDOUT without stdout needs sys.__stdout__")
+            else:
+                self.child[2] = sys.__stdout__.fileno()
+        elif isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"{name} is an fd, PIPE, DEVNULL{', STDOUT' * (i == 2)} or "
+                                 f"a file object, not {value}")
+            self.child[i] = value
+        else:
+            self.child[i] = value.fileno()
+
+    def close_child(self) -> None:
+        """Close what the parent opened for the child only (once the child has them)."""
+        opened, self.opened = self.opened, []
+        for fd in opened:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        self.close_child()
+        for fd in self.parent:
+            if fd != -1:
+                os.close(fd)
+        self.parent = [-1, -1, -1]
+
+
+# Popens dropped while their child still ran, reaped by the next Popen (subprocess's _active).
+_active: List["Popen"] = []
+
+
+def _cleanup() -> None:
+    for proc in _active[:]:
+        if proc._internal_poll() is not None:
+            _active.remove(proc)
+            proc._close_pidfd()
+
+
+class Popen:
+    """Popen(argv, flags=0, *, stdin=None, stdout=None, stderr=None, pass_fds=(),
+    close_fds=True, start_new_session=False, umask=-1, text=False, encoding=None,
+    errors=None, bufsize=-1, env=None, cwd=None, uid_map=None, gid_map=None, hostname=None,
+    loopback=False): run a program in new namespaces with spawn(), as subprocess.Popen runs
+    one, and wait for it through its pidfd.
+
+    argv, flags, env, cwd, uid_map, gid_map, hostname, loopback: as for spawn().
+    stdin, stdout, stderr, pass_fds, close_fds, start_new_session, umask, text, encoding,
+        errors, bufsize: as for subprocess.Popen (PIPE, DEVNULL, STDOUT, an fd or a file
+        object); pass_fds forces close_fds (with a RuntimeWarning), as in subprocess.
+    Attributes as subprocess.Popen's: args, pid, returncode, stdin, stdout, stderr; and
+    pidfd, the child's pidfd (None on kernels without pidfds, before Linux 5.3), owned by
+    the Popen: closed when it is exited as a context manager or garbage-collected.
+    """
+
+    def __init__(self, argv: Any, flags: int = 0, *, stdin: Any = None, stdout: Any = None,
+                 stderr: Any = None, pass_fds: Any = (), close_fds: bool = True,
+                 start_new_session: bool = False, umask: int = -1, text: Optional[bool] = None,
+                 encoding: Optional[str] = None, errors: Optional[str] = None,
+                 bufsize: int = -1, **spawn_options: Any) -> None:
+        from . import spawn  # the package imports this module before it defines spawn
+
+        _cleanup()
+        self.args = argv
+        self.returncode: Optional[int] = None
+        self.stdin: Optional[IO[Any]] = None
+        self.stdout: Optional[IO[Any]] = None
+        self.stderr: Optional[IO[Any]] = None
+        self.pid = -1
+        self.pidfd: Optional[int] = None
+        self.encoding, self.errors = encoding, errors
+        self.text_mode = bool(text or encoding or errors)
+        self._waitlock = threading.Lock()      # held by whoever reaps (as subprocess's)
+        self._communication_started = False
+        self._input: Optional[bytes] = None
+        self._input_offset = 0
+        self._output: Dict[Any, List[bytes]] = {}  # communicate()'s, by stream
+        self._sigint_wait_secs = 0.25
+        self._child_created = False
+        if pass_fds and not close_fds:
+            warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
+            close_fds = True
+        handles = _Handles(stdin, stdout, stderr, pipes=True)
+        try:
+            # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
+            # child's copy of that end is closed, as subprocess closes it before its exec.
+            pass_fds = [fd for fd in pass_fds if fd not in handles.parent]
+            stdio = [None if fd == -1 else fd for fd in handles.child]
+            result = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                           pass_fds=pass_fds, close_fds=close_fds,
+                           start_new_session=start_new_session, umask=umask, pidfd=True,
+                           **spawn_options)
+        except BaseException:
+            handles.close_all()
+            raise
+        self._child_created = True
+        self.pid, pidfd = result  # type: ignore[misc]
+        self.pidfd = pidfd if pidfd >= 0 else None
+        try:
+            handles.close_child()
+            self._open_pipes(handles.parent, bufsize)
+        except BaseException:
+            handles.close_all()
+            raise
+
+    def _open_pipes(self, parent: List[int], bufsize: int) -> None:
+        line_buffering = self.text_mode and bufsize == 1
+        if line_buffering:
+            bufsize = -1  # the binary streams below cannot buffer lines
+        p2cwrite, c2pread, errread = parent
+        if p2cwrite != -1:
+            self.stdin = io.open(p2cwrite, "wb", bufsize)
+            if self.text_mode:
+                self.stdin = io.TextIOWrapper(self.stdin, write_through=True,
+                                              line_buffering=line_buffering,
+                                              encoding=self.encoding, errors=self.errors)
+        if c2pread != -1:
+            self.stdout = io.open(c2pread, "rb", bufsize)
+            if self.text_mode:
+                self.stdout = io.TextIOWrapper(self.stdout, encoding=self.encoding,
+                                               errors=self.errors)
+        if errread != -1:
+            self.stderr = io.open(errread, "rb", bufsize)
+            if self.text_mode:
+                self.stderr = io.TextIOWrapper(self.stderr, encoding=self.encoding,
+                                               errors=self.errors)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: returncode: {self.returncode} args: {self.args!r}>"
+
+    def __enter__(self) -> "Popen":
+        return self
+
+    def __exit__(self, exc_type: Any, value: Any, traceback: Any) -> None:
+        if self.stdout:
+            self.stdout.close()
+        if self.stderr:
+            self.stderr.close()
+        try:  # flushing a BufferedWriter may raise
+            if self.stdin:
+                self.stdin.close()
+        finally:
+            if exc_type is KeyboardInterrupt:
+                # As subprocess: a child that got the ^C too has a moment to exit.
+                if self._sigint_wait_secs > 0:
+                    try:
+                        self._wait(self._sigint_wait_secs)
+                    except _timeout_expired():
+                        pass
+                self._sigint_wait_secs = 0
+            else:
+                self.wait()
+            if self.returncode is not None:
+                self._close_pidfd()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_child_created", False):
+            return
+        self._internal_poll()
+        if self.returncode is None:
+            # Kept until the next Popen can reap it, as subprocess keeps it.
+            _active.append(self)
+        else:
+            self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        with self._waitlock:
+            pidfd, self.pidfd = self.pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
+
+    # ---- waiting ----
+
+    def _reaped(self) -> Optional[int]:
+        """Reap the child if it has exited (without blocking); its returncode, or None.
+        Called with _waitlock held."""
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            if self.pidfd is not None:
+                info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+                if info is None or info.si_pid == 0:
+                    return None
+                self.returncode = (info.si_status if info.si_code == os.CLD_EXITED
+                                   else -info.si_status)
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid == 0:
+                    return None
+                self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            # Reaped by someone else (SIGCHLD ignored, a waitpid(-1)): as subprocess, 0.
+            self.returncode = 0
+        return self.returncode
+
+    def _internal_poll(self) -> Optional[int]:
+        if self.returncode is None and self._waitlock.acquire(False):
+            try:
+                self._reaped()
+            finally:
+                self._waitlock.release()
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        """The returncode if the child has exited (reaping it), else None."""
+        return self._internal_poll()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the child to exit and return its returncode (-N: killed by signal N);
+        subprocess.TimeoutExpired after `timeout` seconds."""
+        return self._wait(timeout)
+
+    def _wait(self, timeout: Optional[float]) -> int:
+        endtime = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            # The lock is held for non-blocking reaps only (but for the blocking waitpid
+            # without pidfds), so poll() and send_signal() in other threads go on.
+            with self._waitlock:
+                if self._reaped() is not None:
+                    return self.returncode  # type: ignore[return-value]
+                if self.pidfd is None and endtime is None:
+                    self._blocking_waitpid()
+                    continue
+            remaining = _remaining(endtime)
+            if remaining is not None and remaining <= 0:
+                raise _timeout_expired()(self.args, cast(float, timeout))
+            pidfd = self.pidfd
+            if pidfd is not None:
+                # Readable once the child has exited, and from then on (reaped or not).
+                _readable(pidfd, remaining)
+            else:
+                # As subprocess waits with a timeout: poll, sleeping a little longer each time.
+                delay = min(delay * 2, remaining or 0.0, 0.05)
+                time.sleep(delay)
+
+    def _blocking_waitpid(self) -> None:
+        """The wait without pidfds (Linux < 5.3), as subprocess makes it."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            self.returncode = 0
+        else:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+    async def wait_async(self) -> int:
+        """Wait for the child without blocking the running asyncio loop (its reader on the
+        pidfd, no thread); return the returncode.  Without pidfds (Linux < 5.3), wait() runs
+        in the loop's default executor instead."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self.pidfd is None:
+            return await loop.run_in_executor(None, self.wait)
+        while self.poll() is None:
+            ready = loop.create_future()
+            loop.add_reader(self.pidfd, _set_done, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.pidfd)
+        return self.returncode  # type: ignore[return-value]
+
+    # ---- signals ----
+
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to the child through its pidfd (nothing once it has been reaped): a
+        pidfd names this child even after another process took its pid."""
+        if self.poll() is not None:
+            return
+        pidfd = self.pidfd
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        """SIGTERM the child."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the child."""
+        self.send_signal(signal.SIGKILL)
+
+    # ---- communicate ----
+
+    def communicate(self, input: Any = None,
+                    timeout: Optional[float] = None) -> Tuple[Any, Any]:
+        """Send `input` to stdin, read stdout and stderr to their ends, wait for the child;
+        return (stdout, stderr), as subprocess.Popen.communicate (each None unless a PIPE;
+        str in text mode).  After a subprocess.TimeoutExpired, call it again to go on."""
+        if self._communication_started and input:
+            raise ValueError("Cannot send input after starting communication")
+        endtime = None if timeout is None else time.monotonic() + timeout
+        try:
+            stdout, stderr = self._communicate(input, endtime, timeout)
+        finally:
+            self._communication_started = True
+        self._wait(_remaining(endtime))
+        return stdout, stderr
+
+    def _communicate(self, input: Any, endtime: Optional[float],
+                     orig_timeout: Optional[float]) -> Tuple[Any, Any]:
+        if self.stdin and not self._communication_started:
+            try:
+                self.stdin.flush()
+            except BrokenPipeError:
+                pass  # as subprocess: the child not reading its input is not an error
+            if not input:
+                try:
+                    self.stdin.close()
+                except BrokenPipeError:
+                    pass
+        if not self._communication_started:
+            for stream in (self.stdout, self.stderr):
+                if stream:
+                    self._output[stream] = []
+            stdin: Any = self.stdin  # a TextIOWrapper in text mode
+            if stdin and input is not None:
+                self._input = (input.encode(stdin.encoding, stdin.errors) if self.text_mode
+                               else bytes(memoryview(input)))
+        streams = {}
+        poller = select.poll()
+        if self.stdin and not self.stdin.closed and self._input:
+            streams[self.stdin.fileno()] = self.stdin
+            poller.register(self.stdin.fileno(), select.POLLOUT)
+        for stream in (self.stdout, self.stderr):
+            if stream and not stream.closed:
+                streams[stream.fileno()] = stream
+                poller.register(stream.fileno(), select.POLLIN)
+        while streams:
+            remaining = _remaining(endtime)
+            if remaining is not None and remaining <= 0:
+                raise self._timeout(orig_timeout)
+            for fd, _ in poller.poll(None if remaining is None else remaining * 1000):
+                stream = streams[fd]
+                if stream is self.stdin:
+                    assert self._input is not None
+                    chunk = self._input[self._input_offset:self._input_offset + _PIPE_BUF]
+                    try:
+                        self._input_offset += os.write(fd, chunk)
+                    except BrokenPipeError:
+                        self._input_offset = len(self._input)
+                    if self._input_offset >= len(self._input):
+                        poller.unregister(fd)
+                        del streams[fd]
+                        stream.close()
+                else:
+                    data = os.read(fd, _READ_SIZE)
+                    if data:
+                        self._output[stream].append(data)
+                    else:
+                        poller.unregister(fd)
+                        del streams[fd]
+                        stream.close()
+        return self._collected(self.stdout), self._collected(self.stderr)
+
+    def _collected(self, stream: Any) -> Any:
+        """What communicate() read from `stream` so far: bytes, or str in text mode."""
+        if stream is None:
+            return None
+        data = b"".join(self._output.get(stream, ()))
+        if not self.text_mode:
+            return data
+        text = data.decode(stream.encoding, stream.errors)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def _timeout(self, orig_timeout: Optional[float]) -> subprocess.TimeoutExpired:
+        return _timeout_expired()(self.args, cast(float, orig_timeout),
+                                  output=self._partial(self.stdout),
+                                  stderr=self._partial(self.stderr))
+
+    def _partial(self, stream: Any) -> Optional[bytes]:
+        return b"".join(self._output.get(stream, ())) or None
+
+
+def _remaining(endtime: Optional[float]) -> Optional[float]:
+    return None if endtime is None else endtime - time.monotonic()
+
+
+def _readable(fd: int, timeout: Optional[float]) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+def _set_done(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _timeout_expired() -> Type[subprocess.TimeoutExpired]:
+    import subprocess
+    return subprocess.TimeoutExpired
+
+
+def run(argv: Any, flags: int = 0, *, input: Any = None, capture_output: bool = False,
+        timeout: Optional[float] = None, check: bool = False,
+        **popen_options: Any) -> subprocess.CompletedProcess[Any]:
+    """Run a program in new namespaces, wait for it, return a subprocess.CompletedProcess --
+    subprocess.run over Popen.
+
+    argv, flags, **popen_options: as for Popen.
+    input: bytes (str in text mode) for its stdin (a PIPE).  capture_output: stdout and
+        stderr to PIPEs.  timeout: seconds, after which the child is killed and
+        subprocess.TimeoutExpired raised.  check: a nonzero returncode raises
+        subprocess.CalledProcessError.
+    """
+    import subprocess
+
+    if input is not None:
+        if popen_options.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        popen_options["stdin"] = PIPE
+    if capture_output:
+        if popen_options.get("stdout") is not None or popen_options.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with "
+                             "capture_output.")
+        popen_options["stdout"] = popen_options["stderr"] = PIPE
+    with Popen(argv, flags, **popen_options) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()  # what was read so far is in the exception already
+            raise
+        except BaseException:
+            process.kill()  # __exit__ waits
+            raise
+        retcode = process.wait()  # reaped by communicate(): subprocess's poll()
+        if check and retcode:
+            raise subprocess.CalledProcessError(retcode, process.args, output=stdout,
+                                                stderr=stderr)
+    return subprocess.CompletedProcess(process.args, retcode, stdout, stderr)

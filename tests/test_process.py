@@ -1,0 +1,561 @@
+"""spawn's stdio options, Popen and run(): each option next to subprocess on the same command."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+
+import linux_clone
+from linux_clone import NEWNET, NEWUSER
+
+from conftest import in_child
+
+# The program whose fds are compared: {fd: what it is} for every fd it has at start, pipes
+# and sockets by kind only (their inodes differ between runs).
+FD_STATUS = r"""
+import json, os, sys
+fds = {}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        target = os.readlink("/proc/self/fd/" + name)
+    except OSError:
+        continue  # listdir's own fd, closed again
+    fds[name] = target.split(":")[0] if target.startswith(("pipe:", "socket:")) else target
+json.dump(fds, sys.stdout)
+"""
+FD_STATUS_ARGV = [sys.executable, "-S", "-c", FD_STATUS]
+
+
+def both(call: Callable[[Any], Any]) -> Tuple[Any, Any]:
+    """call(subprocess) and call(linux_clone), each in a forked child (so fds opened or closed
+    for the case stay there): their results."""
+    return in_child(call, subprocess), in_child(call, linux_clone)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---- the names ----
+
+def test_constants_are_subprocess_ones() -> None:
+    assert (linux_clone.PIPE, linux_clone.STDOUT, linux_clone.DEVNULL) == (
+        subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL)
+
+
+# ---- spawn: stdio without pipes ----
+
+def test_spawn_stdout_to_a_file_object_and_stderr_to_stdout(tmp_path: Any) -> None:
+    path = tmp_path / "out"
+    with open(path, "wb") as f:
+        pid = linux_clone.spawn(["sh", "-c", "echo out; echo err >&2"], stdout=f,
+                                stderr=linux_clone.STDOUT)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert path.read_bytes() == b"out\nerr\n"
+
+
+def test_spawn_devnull_and_fd(tmp_path: Any) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        pid = linux_clone.spawn(["sh", "-c", "cat; echo done"], stdin=linux_clone.DEVNULL,
+                                stdout=fd)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert (tmp_path / "out").read_bytes() == b"done\n"
+
+
+@pytest.mark.parametrize("kwargs, exc_type", [
+    ({"stdout": linux_clone.PIPE}, ValueError),
+    ({"stdin": linux_clone.STDOUT}, ValueError),
+    ({"stdout": -5}, ValueError),
+    ({"pass_fds": [-1]}, ValueError),
+    ({"pass_fds": [2**31]}, OverflowError),
+    ({"pass_fds": [3.0]}, TypeError),
+    ({"umask": -2}, ValueError),
+    ({"stdin": "not a file"}, AttributeError),
+])
+def test_spawn_bad_stdio_options_raise_before_any_child(kwargs: Dict[str, Any],
+                                                        exc_type: type) -> None:
+    def attempt() -> Tuple[str, int]:
+        before = fd_count()
+        with pytest.raises(exc_type) as info:
+            linux_clone.spawn(["/bin/true"], stdin=linux_clone.DEVNULL if "stdin" not in kwargs
+                              else kwargs.pop("stdin"), **kwargs)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
+        return type(info.value).__name__, fd_count() - before
+
+    assert in_child(attempt) == (exc_type.__name__, 0)
+
+
+def test_spawn_bad_fd_is_the_oserror_subprocess_raises() -> None:
+    def attempt(module: Any) -> Tuple[int, bool]:
+        before = fd_count()
+        try:
+            if module is subprocess:
+                subprocess.Popen(["/bin/true"], stdin=99)
+            else:
+                linux_clone.spawn(["/bin/true"], stdin=99)
+        except OSError as exc:
+            with pytest.raises(ChildProcessError):
+                os.waitpid(-1, os.WNOHANG)
+            return exc.errno, fd_count() == before
+        raise AssertionError("no error")
+
+    assert both(attempt) == ((errno.EBADF, True), (errno.EBADF, True))
+
+
+# ---- the fds the program gets ----
+
+def fd_status(module: Any, **kwargs: Any) -> Dict[str, str]:
+    """The fds FD_STATUS_ARGV starts with, run by module.run with its stdout on a pipe."""
+    return json.loads(module.run(FD_STATUS_ARGV, stdout=module.PIPE, check=True,
+                                 **kwargs).stdout)
+
+
+def test_close_fds_default_passes_only_0_to_2() -> None:
+    def case(module: Any) -> Dict[str, str]:
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.set_inheritable(fd, True)
+        return fd_status(module)
+
+    theirs, ours = both(case)
+    assert ours == theirs and set(ours) == {"0", "1", "2"}
+
+
+def test_close_fds_false_passes_inheritable_fds() -> None:
+    def case(module: Any) -> Dict[str, str]:
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.set_inheritable(fd, True)
+        os.open("/dev/zero", os.O_RDONLY)  # close-on-exec: never passed
+        return fd_status(module, close_fds=False)
+
+    theirs, ours = both(case)
+    assert ours == theirs and "/dev/null" in ours.values() and "/dev/zero" not in ours.values()
+
+
+def test_pass_fds() -> None:
+    def case(module: Any) -> Dict[str, str]:
+        keep = [os.open(path, os.O_RDONLY) for path in ("/dev/null", "/dev/zero")]
+        os.open("/dev/full", os.O_RDONLY)
+        return fd_status(module, pass_fds=[keep[1], keep[0], keep[1]])
+
+    theirs, ours = both(case)
+    assert ours == theirs
+    assert "/dev/zero" in ours.values() and "/dev/full" not in ours.values()
+
+
+def test_pass_fds_with_close_fds_false_warns_as_subprocess() -> None:
+    with pytest.warns(RuntimeWarning, match="pass_fds overriding close_fds"):
+        linux_clone.run(["/bin/true"], pass_fds=[0], close_fds=False)
+
+
+def test_pass_fds_redirected() -> None:
+    """CPython issue 32270: pass_fds that are also the program's stdin, stdout, stderr."""
+    def case(module: Any) -> Tuple[List[int], Dict[str, str]]:
+        fds = [os.open("/dev/null", os.O_RDWR) for _ in range(2)]
+        rfd, wfd = os.pipe()
+        fds.insert(1, wfd)
+        with module.Popen(FD_STATUS_ARGV, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                          pass_fds=fds):
+            os.close(wfd)
+            with os.fdopen(rfd, "rb") as f:
+                return fds, json.loads(f.read())
+
+    theirs, ours = both(case)
+    assert ours == theirs
+    fds, status = ours
+    assert set(status) == {"0", "1", "2", *map(str, fds)}
+
+
+def test_pass_fds_colliding_with_the_pipes() -> None:
+    """pass_fds naming the fds the parent's pipe ends get: the program does not get them,
+    so `cat` sees the end of its input."""
+    def case(module: Any) -> Tuple[bytes, int]:
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
+        proc = module.Popen(["cat"], stdin=module.PIPE, stdout=module.PIPE,
+                            pass_fds=[r1, w1, r2, w2])
+        out, _ = proc.communicate(b"through", timeout=30)
+        return out, proc.returncode
+
+    assert both(case) == ((b"through", 0), (b"through", 0))
+
+
+def _with_stdio_closed(module: Any, call: Callable[[Any], Any]) -> Any:
+    """call(module) with fds 0, 1 and 2 closed: the pipes made take their numbers."""
+    for fd in (0, 1, 2):
+        os.close(fd)
+    return call(module)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"stdin": -1, "stdout": -1, "stderr": -1},
+    {"stdout": -1},
+    {"stdout": -1, "stderr": -2},
+    {"stderr": -1},
+    {"stdin": -1, "stderr": -1},
+], ids=["all", "stdout", "stdout+STDOUT", "stderr", "stdin+stderr"])
+def test_stdio_closed_in_the_parent(kwargs: Dict[str, int]) -> None:
+    def case(module: Any) -> Tuple[Any, Any, int]:
+        def run(module: Any) -> Any:
+            proc = module.Popen(["sh", "-c", "cat; echo out; echo err >&2"], **kwargs)
+            return proc.communicate(b"in" if proc.stdin else None, timeout=30) + (
+                proc.returncode,)
+        return _with_stdio_closed(module, run)
+
+    theirs, ours = both(case)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1),
+                                   (2, 1, 0)])
+def test_swapped_stdio_fds(order: Tuple[int, int, int]) -> None:
+    """stdin, stdout, stderr given as fds 0-2 in any order (CPython's _check_swap_fds)."""
+    def case(module: Any) -> List[bytes]:
+        paths = [f"/tmp/lc-swap-{os.getpid()}-{i}" for i in range(3)]
+        try:
+            for i, path in enumerate(paths):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, i)
+                os.close(fd)
+            os.write(order[0], b"input")
+            os.lseek(order[0], 0, os.SEEK_SET)
+            module.run(["sh", "-c", "cat; echo err >&2"], stdin=order[0], stdout=order[1],
+                       stderr=order[2], check=True)
+            out = []
+            for i in range(3):
+                os.lseek(i, 0, os.SEEK_SET)
+                out.append(os.read(i, 100))
+            return out
+        finally:
+            for path in paths:
+                os.unlink(path)
+
+    theirs, ours = both(case)
+    assert ours == theirs
+    assert ours[order[1]].startswith(b"input") and ours[order[2]].endswith(b"err\n")
+
+
+def test_stderr_to_stdout_without_stdout_is_the_callers_stdout() -> None:
+    def case(module: Any) -> bytes:
+        rfd, wfd = os.pipe()
+        os.dup2(wfd, 1)
+        os.close(wfd)
+        sys.__stdout__ = sys.stdout = open(1, "w", closefd=False)
+        module.run(["sh", "-c", "echo err >&2"], stderr=module.STDOUT)
+        os.close(1)
+        return os.read(rfd, 100)
+
+    assert both(case) == (b"err\n", b"err\n")
+
+
+X86_64 = os.uname().machine == "x86_64"
+
+
+def fail_close_range(err: int, only_cloexec: bool) -> None:
+    """In a child: from now on, close_range fails with `err` (only with CLOSE_RANGE_CLOEXEC
+    in its flags, as on Linux 5.9 and 5.10), as on a kernel without it (before 5.9)."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    close_range_nr, cloexec = 436, 4
+    steps = [(0x20, 0, 0, 0)]                                  # ld [nr]
+    if only_cloexec:
+        steps += [(0x15, 0, 3, close_range_nr),                # jeq nr, 0, allow
+                  (0x20, 0, 0, 32),                            # ld [args[2]]
+                  (0x45, 0, 1, cloexec)]                       # jset CLOEXEC, 0, allow
+    else:
+        steps += [(0x15, 0, 1, close_range_nr)]                # jeq nr, 0, allow
+    steps += [(0x06, 0, 0, 0x00050000 | err),                  # ret ERRNO(err)
+              (0x06, 0, 0, 0x7FFF0000)]                        # allow: ret ALLOW
+    program = (SockFilter * len(steps))(*(SockFilter(*step) for step in steps))
+    fprog = SockFprog(len(steps), program)
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+    assert libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    assert libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
+    assert libc.syscall(close_range_nr, 1000, 1001, cloexec) == -1
+    assert ctypes.get_errno() == err
+
+
+@pytest.mark.skipif(not X86_64, reason="the seccomp filter has x86-64 syscall numbers")
+@pytest.mark.parametrize("err, only_cloexec", [(errno.ENOSYS, False), (errno.EINVAL, True)],
+                         ids=["no-close_range", "no-CLOSE_RANGE_CLOEXEC"])
+def test_close_fds_on_older_kernels(err: int, only_cloexec: bool) -> None:
+    def case(module: Any) -> Dict[str, str]:
+        fail_close_range(err, only_cloexec)
+        fds = [os.open(path, os.O_RDONLY) for path in ("/dev/null", "/dev/zero", "/dev/full")]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        status = fd_status(module, pass_fds=[fds[1]])
+        return {fd: target for fd, target in status.items() if int(fd) >= 3}
+
+    theirs, ours = both(case)
+    assert ours == theirs
+    assert list(ours.values()) == ["/dev/zero"]
+
+
+# ---- session and umask ----
+
+def test_start_new_session() -> None:
+    code = "import os; print(os.getsid(0) == os.getpid(), os.getsid(0) == os.getsid(os.getppid()))"
+
+    def case(module: Any) -> List[str]:
+        return [module.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                           start_new_session=new).stdout for new in (False, True)]
+
+    theirs, ours = both(case)
+    assert ours == theirs == ["False True\n", "True False\n"]
+
+
+def test_umask() -> None:
+    def case(module: Any) -> str:
+        return module.run(["sh", "-c", "umask"], capture_output=True, text=True,
+                          umask=0o027).stdout
+
+    assert both(case) == ("0027\n", "0027\n")
+
+
+# ---- run ----
+
+def test_run_capture_output_check_and_text() -> None:
+    argv = ["sh", "-c", "printf 'out\\r\\nline\\n'; printf 'caf\\303\\251' >&2; exit 3"]
+    for kwargs in ({}, {"text": True}, {"encoding": "latin-1"},
+                   {"encoding": "ascii", "errors": "replace"}):
+        theirs = subprocess.run(argv, capture_output=True, **kwargs)
+        ours = linux_clone.run(argv, capture_output=True, **kwargs)
+        assert (type(ours), ours.args, ours.returncode, ours.stdout, ours.stderr) == (
+            type(theirs), theirs.args, theirs.returncode, theirs.stdout, theirs.stderr)
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        linux_clone.run(argv, capture_output=True, check=True)
+    assert (info.value.returncode, info.value.stdout, info.value.stderr) == (
+        3, b"out\r\nline\n", b"caf\xc3\xa9")
+
+
+def test_run_input() -> None:
+    for kwargs in ({"input": b"bytes in"}, {"input": "text in", "text": True}):
+        theirs = subprocess.run(["cat"], stdout=subprocess.PIPE, **kwargs)
+        ours = linux_clone.run(["cat"], stdout=linux_clone.PIPE, **kwargs)
+        assert ours.stdout == theirs.stdout == kwargs["input"]
+    big = os.urandom(1 << 20)  # more than a pipe holds: written as the program reads
+    assert linux_clone.run(["cat"], input=big, capture_output=True).stdout == big
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"input": b"x", "stdin": subprocess.DEVNULL}, "stdin and input"),
+    ({"capture_output": True, "stdout": subprocess.DEVNULL}, "capture_output"),
+])
+def test_run_conflicting_arguments(kwargs: Dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        subprocess.run(["/bin/true"], **kwargs)
+    with pytest.raises(ValueError, match=message):
+        linux_clone.run(["/bin/true"], **kwargs)
+
+
+@pytest.mark.timeout(60)
+def test_run_timeout_kills_and_keeps_the_partial_output() -> None:
+    def case(module: Any) -> Tuple[Any, Any, bool]:
+        try:
+            module.run(["sh", "-c", "echo partial; exec sleep 30"], capture_output=True,
+                       timeout=1)
+        except subprocess.TimeoutExpired as exc:
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return exc.stdout, exc.timeout, True
+            return exc.stdout, exc.timeout, False
+        raise AssertionError("no timeout")
+
+    assert both(case) == ((b"partial\n", 1, True), (b"partial\n", 1, True))
+
+
+def test_run_exec_error_is_subprocess_one() -> None:
+    for argv in (["/nonexistent/program"], ["/dev/null"]):
+        with pytest.raises(OSError) as theirs:
+            subprocess.run(argv, capture_output=True)
+        before = fd_count()
+        with pytest.raises(OSError) as ours:
+            linux_clone.run(argv, capture_output=True)
+        assert (type(ours.value), ours.value.errno, ours.value.filename) == (
+            type(theirs.value), theirs.value.errno, theirs.value.filename)
+        assert fd_count() == before
+
+
+def test_run_in_a_new_network_namespace(privileged: None) -> None:
+    out = linux_clone.run(["ip", "-o", "link"], NEWNET, capture_output=True, text=True,
+                          check=True).stdout
+    assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
+
+
+def test_run_with_id_maps(privileged: None) -> None:
+    out = linux_clone.run(["id", "-u"], NEWUSER, uid_map="0 0 1", capture_output=True,
+                          check=True).stdout
+    assert out == b"0\n"  # unmapped, it would be the overflow uid
+
+
+# ---- Popen ----
+
+def test_popen_attributes_poll_wait_and_signals() -> None:
+    proc = linux_clone.Popen(["sleep", "30"])
+    try:
+        assert proc.args == ["sleep", "30"] and proc.returncode is None
+        assert proc.pidfd is not None
+        assert os.readlink(f"/proc/self/fd/{proc.pidfd}") == "anon_inode:[pidfd]"
+        with open(f"/proc/self/fdinfo/{proc.pidfd}") as f:
+            assert f"Pid:\t{proc.pid}\n" in f.read()
+        assert proc.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.05)
+        proc.terminate()
+        assert proc.wait(timeout=30) == -signal.SIGTERM == proc.returncode
+        proc.kill()  # reaped: nothing to signal, as subprocess
+        assert proc.poll() == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("how", ["send_signal", "kill"])
+def test_popen_signal_returncodes_match_subprocess(how: str) -> None:
+    results = []
+    for module in (subprocess, linux_clone):
+        proc = module.Popen(["sleep", "30"])
+        if how == "kill":
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGUSR1)
+        results.append(proc.wait(timeout=30))
+    assert results[0] == results[1] < 0
+
+
+def test_popen_context_manager_closes_pipes_waits_and_closes_the_pidfd() -> None:
+    def case() -> Tuple[bool, Any, int]:
+        before = fd_count()
+        with linux_clone.Popen(["sh", "-c", "echo hi"], stdout=linux_clone.PIPE,
+                               stdin=linux_clone.PIPE) as proc:
+            assert proc.stdout is not None and proc.stdout.read() == b"hi\n"
+        assert proc.stdout.closed and proc.stdin.closed
+        return proc.pidfd is None, proc.returncode, fd_count() - before
+
+    assert in_child(case) == (True, 0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_popen_communicate_timeout_then_again() -> None:
+    results = []
+    for module in (subprocess, linux_clone):
+        with module.Popen(["sh", "-c", "echo first; sleep 1; echo second >&2"],
+                          stdout=module.PIPE, stderr=module.PIPE) as proc:
+            with pytest.raises(subprocess.TimeoutExpired) as info:
+                proc.communicate(timeout=0.5)
+            results.append((info.value.stdout, info.value.stderr,
+                             proc.communicate(timeout=30), proc.returncode))
+    assert results[1] == results[0] == (b"first\n", None, (b"first\n", b"second\n"), 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, 60])
+def test_popen_signals_and_polls_while_another_thread_waits(timeout: Any) -> None:
+    """wait() blocks on the pidfd without the lock that reaping takes, so poll() and
+    send_signal() from other threads go on (and the pidfd names the child, not its pid)."""
+    proc = linux_clone.Popen(["sleep", "30"])
+    result: List[int] = []
+    waiter = threading.Thread(target=lambda: result.append(proc.wait(timeout)))
+    waiter.start()
+    try:
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        waiter.join(30)
+        assert result == [-signal.SIGTERM]
+    finally:
+        proc.kill()
+        waiter.join()
+
+
+@pytest.mark.timeout(60)
+def test_popen_without_a_pidfd_waits_with_waitpid() -> None:
+    """As on Linux < 5.3, which has no pidfds."""
+    for timeout in (None, 30):
+        proc = linux_clone.Popen(["sh", "-c", "sleep 0.2; exit 5"])
+        assert proc.pidfd is not None
+        os.close(proc.pidfd)
+        proc.pidfd = None
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.01)
+        assert proc.wait(timeout) == 5
+    proc = linux_clone.Popen(["sleep", "30"])
+    os.close(proc.pidfd)  # type: ignore[arg-type]
+    proc.pidfd = None
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+
+
+def test_popen_fds_are_flat_over_many_runs() -> None:
+    def case() -> Tuple[int, int]:
+        def once(i: int) -> None:
+            try:
+                linux_clone.run(["sh", "-c", "cat; exit 1"] if i % 3 else ["/nonexistent"],
+                                input=b"x", capture_output=True, timeout=30)
+            except FileNotFoundError:
+                pass
+            proc = linux_clone.Popen(["/bin/true"], stdout=linux_clone.DEVNULL)
+            proc.wait()
+            del proc
+
+        once(0)
+        before = fd_count()
+        for i in range(60):
+            once(i)
+        return before, fd_count()
+
+    before, after = in_child(case)
+    assert after == before
+
+
+# ---- asyncio ----
+
+def test_wait_async_runs_many_children_without_threads(privileged: None) -> None:
+    async def main() -> Tuple[List[int], int]:
+        procs = [linux_clone.Popen(["sh", "-c", f"sleep 0.{i % 3}; exit {i}"], NEWNET)
+                 for i in range(20)]
+        threads = threading.active_count()
+        codes = await asyncio.gather(*(proc.wait_async() for proc in procs))
+        return codes, threading.active_count() - threads
+
+    def case() -> Tuple[List[int], int]:
+        return asyncio.run(main())
+
+    codes, new_threads = in_child(case)
+    assert codes == list(range(20)) and new_threads == 0
+
+
+def test_wait_async_cancelled_leaves_no_reader() -> None:
+    async def main() -> int:
+        proc = linux_clone.Popen(["sleep", "30"])
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait_async(), 0.1)
+        loop = asyncio.get_running_loop()
+        assert proc.pidfd is not None and not loop.remove_reader(proc.pidfd)
+        proc.kill()
+        return await proc.wait_async()
+
+    assert in_child(lambda: asyncio.run(main())) == -signal.SIGKILL
