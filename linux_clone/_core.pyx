@@ -15,7 +15,7 @@ from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_
     PROT_READ, PROT_WRITE, PROT_NONE
 from posix.stat cimport fstat, struct_stat
 from posix.types cimport pid_t, sigset_t, uid_t
-from posix.unistd cimport close, read, write, _exit, fork, sysconf, _SC_PAGESIZE
+from posix.unistd cimport close, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc

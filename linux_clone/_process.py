@@ -6,15 +6,21 @@ from __future__ import annotations
 import io
 import os
 import select
-import signal
 import sys
 import threading
 import time
-import warnings
-from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, cast
-
+# typing costs ~5 ms of import (it pulls in re), signal builds three enums: only type
+# checkers read these, the interpreter takes the same values from _signal.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from signal import SIGKILL, SIGTERM, pidfd_send_signal
+    from typing import IO, Any, Dict, List, Optional, Tuple, Type, cast
+else:
+    from _signal import SIGKILL, SIGTERM, pidfd_send_signal
+
+    def cast(kind, value):
+        return value
 
 # subprocess's values (a test checks they are equal); subprocess itself is imported only
 # where its exception and result classes are needed, as it adds to import time.
@@ -143,6 +149,7 @@ class Popen:
         self._sigint_wait_secs = 0.25
         self._child_created = False
         if pass_fds and not close_fds:
+            import warnings
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
             close_fds = True
         handles = _Handles(stdin, stdout, stderr, pipes=True)
@@ -159,7 +166,7 @@ class Popen:
             handles.close_all()
             raise
         self._child_created = True
-        self.pid, pidfd = result  # type: ignore[misc]
+        self.pid, pidfd = result
         self.pidfd = pidfd if pidfd >= 0 else None
         try:
             handles.close_child()
@@ -336,7 +343,7 @@ class Popen:
         pidfd = self.pidfd
         try:
             if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, sig)
+                pidfd_send_signal(pidfd, sig)
             else:
                 os.kill(self.pid, sig)
         except ProcessLookupError:
@@ -344,11 +351,11 @@ class Popen:
 
     def terminate(self) -> None:
         """SIGTERM the child."""
-        self.send_signal(signal.SIGTERM)
+        self.send_signal(SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL the child."""
-        self.send_signal(signal.SIGKILL)
+        self.send_signal(SIGKILL)
 
     # ---- communicate ----
 

@@ -251,7 +251,8 @@ def call_cli_time() -> None:
                           cwd="/", env=python_env(), capture_output=True, text=True,
                           timeout=CALL_TIMEOUT / 2)
     for err in (errno.ENOSYS, errno.EINVAL):
-        if (proc.returncode, proc.stderr) == (1, f"linux_clone: unshare failed: {os.strerror(err)}\n"):
+        message = f"linux_clone: unshare failed: {os.strerror(err)}\n"
+        if (proc.returncode, proc.stderr) == (1, message):
             raise OSError(err, os.strerror(err))
     assert (proc.returncode, proc.stderr) == (0, ""), (proc.returncode, proc.stderr)
 
