@@ -3,14 +3,14 @@
 GIL: the baseline every ratio divides by, and the proof that the cimport API of
 linux_clone._core costs nothing (its loops call the .pxd helpers, the raw ones syscall())."""
 
-from libc.errno cimport errno, ECHILD
+from libc.errno cimport errno, EBADF, ECHILD
 from libc.signal cimport SIGCHLD
 from libc.string cimport memcpy, memset, strerror
 from libc.stdlib cimport free, malloc
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.signal cimport sigfillset, SIG_SETMASK
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from posix.types cimport pid_t, sigset_t, uid_t
+from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport _exit, close, execve
 from posix.wait cimport waitpid
 
@@ -143,6 +143,38 @@ def entered_c(int fd_target, int nstype, bytes own_path, long n):
                 break
             if sys_setns(fd_target, nstype) == -1 or sys_setns(fd, nstype) == -1:
                 err = errno
+                close(fd)
+                break
+            close(fd)
+        end = _now()
+    return _elapsed(err, end - start)
+
+
+cdef extern from "_entered.h" nogil:
+    # entered()'s own C (this module gets its own copy of the per-thread fd).
+    int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino)
+    bint lc_same_file(int fd, dev_t dev, ino_t ino)
+
+
+def entered_steps(int fd_target, int nstype, long n):
+    """n times the system calls entered(fd_target, nstype) makes, with its C: save the
+    thread's namespace (through the kept pidfd on Linux 6.11+, else /proc/thread-self/ns),
+    setns into fd_target, check the saved fd, setns back, close: elapsed ns."""
+    cdef long _i
+    cdef int fd, err = 0
+    cdef dev_t dev
+    cdef ino_t ino
+    cdef long long start, end
+    with nogil:
+        start = _now()
+        for _i in range(n):
+            fd = lc_thread_ns_open(nstype, &dev, &ino)
+            if fd == -1:
+                err = errno
+                break
+            if (sys_setns(fd_target, nstype) == -1 or not lc_same_file(fd, dev, ino)
+                    or sys_setns(fd, nstype) == -1):
+                err = errno if errno != 0 else EBADF
                 close(fd)
                 break
             close(fd)

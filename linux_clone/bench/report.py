@@ -6,11 +6,11 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict
 
-from .harness import CIMPORT, LC, RAW, Measured
+from .harness import CIMPORT, LC, PROC_C, RAW, Measured
 from .rows import Row
 
 # The table's columns, in this order; a column shows when any row has it.
-COLUMNS = [RAW, CIMPORT, LC, "os", "ctypes", "fcntl", "subprocess", "lxns", "pyroute2"]
+COLUMNS = [RAW, CIMPORT, PROC_C, LC, "os", "ctypes", "fcntl", "subprocess", "lxns", "pyroute2"]
 
 
 def summarize(row: Row, measured: Measured) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ import linux_clone
 from linux_clone import _bench
 
 from .harness import (
-    CIMPORT, LC, RAW, Column, Impl, Measured, Settings, Skip, c, forked, measure, optional,
+    CIMPORT, LC, PROC_C, RAW, Column, Impl, Measured, Settings, Skip, c, forked, measure, optional,
     os_function, py, reap,
 )
 
@@ -228,8 +228,12 @@ def entered_columns() -> Columns:
     return {
         RAW: c("two raw setns: syscall(SYS_setns) ×2, nogil loop", _bench.setns_raw, here, there,
                net),
-        CIMPORT: c("entered()'s steps in C: open /proc/thread-self/ns/net, sys_setns ×2, close",
-                   _bench.entered_c, there, net, b"/proc/thread-self/ns/net"),
+        CIMPORT: c("entered()'s steps in C: its C saves the thread's netns (pidfd ioctl on "
+                   "Linux 6.11+), sys_setns ×2 (fstat check between), close",
+                   _bench.entered_steps, there, net),
+        PROC_C: c("open /proc/thread-self/ns/net, sys_setns ×2, close, in C: the way back "
+                  "without the kept pidfd", _bench.entered_c, there, net,
+                   b"/proc/thread-self/ns/net"),
         LC: py("with linux_clone.entered(fd, NEWNET): pass",
                "with entered(there, NEWNET): pass", entered=linux_clone.entered, there=there,
                NEWNET=linux_clone.NEWNET),
