@@ -12,6 +12,9 @@ from posix.signal cimport sigfillset, SIG_SETMASK
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport _exit, close, execve
+
+cdef extern from "<unistd.h>" nogil:
+    int sethostname(const char *name, size_t length)
 from posix.wait cimport waitpid
 
 from linux_clone._core cimport (
@@ -421,4 +424,31 @@ def spawn_reap(unsigned long flags, bytes path, long n):
                 break
         end = _now()
     free(stack)
+    return _elapsed(err, end - start)
+
+
+def setup_reap(unsigned long flags, bytes hostname, long n):
+    """n times: a fork-like clone(flags | SIGCHLD) whose child sets `hostname`, brings up lo
+    (lc_configure_loopback) and _exits, reaped with waitpid: elapsed ns.  ECHILD if a child
+    failed."""
+    cdef const char *name = hostname
+    cdef size_t length = len(hostname)
+    cdef long _i
+    cdef int status, err = 0
+    cdef pid_t pid
+    cdef long long start, end
+    with nogil:
+        start = _now()
+        for _i in range(n):
+            pid = sys_clone_fork(flags | SIGCHLD, NULL)
+            if pid == 0:
+                _exit(0 if sethostname(name, length) == 0 and lc_configure_loopback() == 0
+                      else 1)
+            if pid == -1 or waitpid(pid, &status, 0) == -1:
+                err = errno
+                break
+            if status != 0:
+                err = ECHILD
+                break
+        end = _now()
     return _elapsed(err, end - start)
