@@ -3,15 +3,18 @@
 GIL: the baseline every ratio divides by, and the proof that the cimport API of
 linux_clone._core costs nothing (its loops call the .pxd helpers, the raw ones syscall())."""
 
-from libc.errno cimport errno, ECHILD
+from libc.errno cimport errno, EBADF, ECHILD
 from libc.signal cimport SIGCHLD
 from libc.string cimport memcpy, memset, strerror
 from libc.stdlib cimport free, malloc
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.signal cimport sigfillset, SIG_SETMASK
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from posix.types cimport pid_t, sigset_t, uid_t
+from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport _exit, close, execve
+
+cdef extern from "<unistd.h>" nogil:
+    int sethostname(const char *name, size_t length)
 from posix.wait cimport waitpid
 
 from linux_clone._core cimport (
@@ -143,6 +146,38 @@ def entered_c(int fd_target, int nstype, bytes own_path, long n):
                 break
             if sys_setns(fd_target, nstype) == -1 or sys_setns(fd, nstype) == -1:
                 err = errno
+                close(fd)
+                break
+            close(fd)
+        end = _now()
+    return _elapsed(err, end - start)
+
+
+cdef extern from "_entered.h" nogil:
+    # entered()'s own C (this module gets its own copy of the per-thread fd).
+    int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino)
+    bint lc_same_file(int fd, dev_t dev, ino_t ino)
+
+
+def entered_steps(int fd_target, int nstype, long n):
+    """n times the system calls entered(fd_target, nstype) makes, with its C: save the
+    thread's namespace (through the kept pidfd on Linux 6.11+, else /proc/thread-self/ns),
+    setns into fd_target, check the saved fd, setns back, close: elapsed ns."""
+    cdef long _i
+    cdef int fd, err = 0
+    cdef dev_t dev
+    cdef ino_t ino
+    cdef long long start, end
+    with nogil:
+        start = _now()
+        for _i in range(n):
+            fd = lc_thread_ns_open(nstype, &dev, &ino)
+            if fd == -1:
+                err = errno
+                break
+            if (sys_setns(fd_target, nstype) == -1 or not lc_same_file(fd, dev, ino)
+                    or sys_setns(fd, nstype) == -1):
+                err = errno if errno != 0 else EBADF
                 close(fd)
                 break
             close(fd)
@@ -389,4 +424,31 @@ def spawn_reap(unsigned long flags, bytes path, long n):
                 break
         end = _now()
     free(stack)
+    return _elapsed(err, end - start)
+
+
+def setup_reap(unsigned long flags, bytes hostname, long n):
+    """n times: a fork-like clone(flags | SIGCHLD) whose child sets `hostname`, brings up lo
+    (lc_configure_loopback) and _exits, reaped with waitpid: elapsed ns.  ECHILD if a child
+    failed."""
+    cdef const char *name = hostname
+    cdef size_t length = len(hostname)
+    cdef long _i
+    cdef int status, err = 0
+    cdef pid_t pid
+    cdef long long start, end
+    with nogil:
+        start = _now()
+        for _i in range(n):
+            pid = sys_clone_fork(flags | SIGCHLD, NULL)
+            if pid == 0:
+                _exit(0 if sethostname(name, length) == 0 and lc_configure_loopback() == 0
+                      else 1)
+            if pid == -1 or waitpid(pid, &status, 0) == -1:
+                err = errno
+                break
+            if status != 0:
+                err = ECHILD
+                break
+        end = _now()
     return _elapsed(err, end - start)

@@ -13,8 +13,7 @@ from libc.stdint cimport uint64_t
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
     PROT_READ, PROT_WRITE, PROT_NONE
-from posix.stat cimport fstat, struct_stat
-from posix.types cimport pid_t, sigset_t, uid_t
+from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport close, _exit, fork, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
@@ -498,54 +497,47 @@ def ns_get_owner_uid(ns):
     return uid
 
 
-# The files naming the calling thread's own namespace of each type, as setns() changes it.
+cdef extern from "_entered.h" nogil:
+    # The calling thread's current namespace of one type as a new fd, through the one fd
+    # per thread that entered() keeps (the header says when it is made, checked and closed).
+    int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino)
+    bint lc_same_file(int fd, dev_t dev, ino_t ino)
+    void lc_thread_ns_after_fork()
+    int lc_thread_ns_kept()
+
+
+def _thread_ns_after_fork():
+    lc_thread_ns_after_fork()
+
+
+def _kept_fd():
+    """The fd the calling thread keeps for entered(), -1 before its first use: for the tests
+    that look for leaked fds."""
+    return lc_thread_ns_kept()
+
+
+# A clone child runs PyOS_AfterFork_Child, which runs these, but not glibc's atfork handlers.
+os.register_at_fork(after_in_child=_thread_ns_after_fork)
+
+# The files naming the calling thread's own namespace of each type, as setns() changes it:
+# what entered() goes back into (on Linux 6.11+ through the pidfd ioctls), in this order.
 _THREAD_NS = {
-    CLONE_NEWNET: b"/proc/thread-self/ns/net", CLONE_NEWUTS: b"/proc/thread-self/ns/uts",
-    CLONE_NEWIPC: b"/proc/thread-self/ns/ipc", CLONE_NEWNS: b"/proc/thread-self/ns/mnt",
-    CLONE_NEWCGROUP: b"/proc/thread-self/ns/cgroup",
-    CLONE_NEWPID: b"/proc/thread-self/ns/pid_for_children",
-    CLONE_NEWTIME: b"/proc/thread-self/ns/time",
+    CLONE_NEWNET: "/proc/thread-self/ns/net", CLONE_NEWUTS: "/proc/thread-self/ns/uts",
+    CLONE_NEWIPC: "/proc/thread-self/ns/ipc", CLONE_NEWNS: "/proc/thread-self/ns/mnt",
+    CLONE_NEWCGROUP: "/proc/thread-self/ns/cgroup",
+    CLONE_NEWPID: "/proc/thread-self/ns/pid_for_children",
+    CLONE_NEWTIME: "/proc/thread-self/ns/time",
 }
+cdef enum:
+    _MAX_SAVED = 7
+cdef int _SAVE_ORDER[_MAX_SAVED]
+_SAVE_ORDER[:] = [<int>CLONE_NEWNET, <int>CLONE_NEWUTS, <int>CLONE_NEWIPC, <int>CLONE_NEWNS,
+                  <int>CLONE_NEWCGROUP, <int>CLONE_NEWPID, <int>CLONE_NEWTIME]
 # The types entered() can go back from: those of _THREAD_NS.
 cdef int _ENTERABLE = (CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS | CLONE_NEWCGROUP
                        | CLONE_NEWPID | CLONE_NEWTIME)
 _NO_USER_NS = "a user namespace cannot be left again; use clone() or spawn()"
-
-
-cdef tuple _save_thread_ns(int kind, bytes path):
-    """(fd, kind, st_dev, st_ino, path) of the calling thread's namespace of type `kind`:
-    the identity lets __exit__ see that the block closed or replaced the fd."""
-    cdef struct_stat st
-    cdef int err, fd = c_open(path, O_RDONLY | O_CLOEXEC)
-    if fd == -1:
-        err = errno
-        _raise_errno(err, path.decode())
-    if fstat(fd, &st) == -1:
-        err = errno
-        close(fd)
-        _raise_errno(err, path.decode())
-    return (fd, kind, st.st_dev, st.st_ino, path.decode())
-
-
-cdef int _go_back(int fd, int kind, object dev, object ino, str path) except -1:
-    """setns() back into a namespace _save_thread_ns() saved, then close its fd -- unless the
-    fd no longer is that file: setns would go somewhere else, and close someone else's fd."""
-    cdef struct_stat st
-    cdef int rc, err
-    if fstat(fd, &st) == -1 or st.st_dev != dev or st.st_ino != ino:
-        raise RuntimeError(f"entered(): fd {fd}, which kept the thread's previous namespace "
-                           f"({path}), was closed or replaced inside the block; the thread is "
-                           f"still in the entered {path.rpartition('/')[2]} namespace")
-    if kind & _MAY_BLOCK_ENTER:
-        with nogil:
-            rc = sys_setns(fd, kind)
-    else:
-        rc = sys_setns(fd, kind)
-    err = errno
-    close(fd)
-    if rc == -1:
-        _raise_errno(err, path)
-    return 0
+cdef int _REPLACED = -1  # _go_back's answer for a saved fd the block closed or replaced
 
 
 # The docstring starts with the signature as CPython's types carry it, for inspect.signature
@@ -565,13 +557,21 @@ cdef class entered:
     block; a mount namespace needs a thread that does not share its fs (no other threads).
     __exit__ goes back into every namespace it can; if the block closed or replaced an fd
     entered() keeps, that type stays entered and __exit__ raises RuntimeError.  __exit__
-    without an active __enter__ (one that failed undid itself) does nothing.
+    without an active __enter__ (one that failed undid itself) does nothing.  Each thread
+    that uses entered() keeps one close-on-exec fd (a pidfd of itself on Linux 6.9+) from its
+    first use until it exits; no other fd outlives the block.
     """
     cdef object ns
     cdef pid_t pid
     cdef bint by_pid
+    cdef bint active
     cdef int nstype
-    cdef list saved  # _save_thread_ns() of each type entered; None when not active
+    # The namespaces to go back into, in the order saved: an fd, its type, its identity.
+    cdef int count
+    cdef int fds[_MAX_SAVED]
+    cdef int kinds[_MAX_SAVED]
+    cdef dev_t devs[_MAX_SAVED]
+    cdef ino_t inos[_MAX_SAVED]
 
     def __init__(self, ns=None, nstype=0, *, pid=None):
         cdef int c_nstype
@@ -589,11 +589,50 @@ cdef class entered:
             self.pid, self.by_pid = _index(pid), True
         self.ns, self.nstype = ns, c_nstype
 
+    def __dealloc__(self):
+        if self.active:  # never left: the thread stays inside, the fds need not
+            self._close_saved()
+
+    cdef void _close_saved(self) noexcept:
+        cdef int i
+        for i in range(self.count):
+            if lc_same_file(self.fds[i], self.devs[i], self.inos[i]):
+                close(self.fds[i])
+        self.count = 0
+
+    cdef int _save(self, int types) except -1:
+        """Keep an fd of the calling thread's current namespace of each type in `types`."""
+        cdef int i, kind, fd
+        for i in range(_MAX_SAVED):
+            kind = _SAVE_ORDER[i]
+            if types & kind:
+                fd = lc_thread_ns_open(kind, &self.devs[self.count], &self.inos[self.count])
+                if fd == -1:
+                    _raise_errno(errno, _THREAD_NS[kind])
+                self.fds[self.count], self.kinds[self.count] = fd, kind
+                self.count += 1
+        return 0
+
+    cdef int _go_back(self, int i) noexcept:
+        """setns() back into saved namespace i, then close its fd -- unless the fd no longer
+        is that file: setns would go somewhere else, and close someone else's fd.  0, an
+        errno, or _REPLACED."""
+        cdef int rc, err, fd = self.fds[i], kind = self.kinds[i]
+        if not lc_same_file(fd, self.devs[i], self.inos[i]):
+            return _REPLACED
+        if kind & _MAY_BLOCK_ENTER:
+            with nogil:
+                rc = sys_setns(fd, kind)
+        else:
+            rc = sys_setns(fd, kind)
+        err = errno
+        close(fd)
+        return 0 if rc == 0 else err
+
     def __enter__(self):
-        cdef _Ns target
-        cdef int rc, types = self.nstype
-        cdef list saved = []
-        if self.saved is not None:
+        cdef _Ns target = None
+        cdef int rc, fd, types = self.nstype
+        if self.active:
             raise RuntimeError("this entered() is already active; make one per use")
         if self.by_pid:
             target = _Ns.__new__(_Ns)
@@ -601,48 +640,56 @@ cdef class entered:
             if target.fd == -1:
                 _raise_errno(errno)
             target.owned = True
+            fd = target.fd
         else:
-            target = _open_fd(self.ns)
+            fd = _fd_of(self.ns)
+            if fd < 0:
+                target = _open_fd(self.ns)
+                fd = target.fd
+        self.count = 0
         try:
             if types == 0:
-                types = lc_ns_ioctl(target.fd, NS_GET_NSTYPE)
+                types = lc_ns_ioctl(fd, NS_GET_NSTYPE)
                 if types == -1:
-                    _raise_errno(errno, target.path)
+                    _raise_errno(errno, None if target is None else target.path)
                 if types == CLONE_NEWUSER:
                     raise ValueError(_NO_USER_NS)
-            for kind, path in _THREAD_NS.items():
-                if types & kind:
-                    saved.append(_save_thread_ns(kind, path))
+            self._save(types)
             if types & _MAY_BLOCK_ENTER:
                 with nogil:
-                    rc = sys_setns(target.fd, types)
+                    rc = sys_setns(fd, types)
             else:
-                rc = sys_setns(target.fd, types)
+                rc = sys_setns(fd, types)
             if rc == -1:
-                _raise_errno(errno, target.path)
+                _raise_errno(errno, None if target is None else target.path)
         except BaseException:
-            for fd, *_identity in saved:
-                close(fd)
+            self._close_saved()
             raise
         finally:
-            target.release()
-        self.saved = saved
+            if target is not None:
+                target.release()
+        self.active = True
         return self
 
-    def __exit__(self, *exc_info):
-        cdef list saved = self.saved
-        if saved is None:
+    def __exit__(self, exc_type, exc_value, traceback):
+        cdef int i, err, failed = -1, failure = 0
+        if not self.active:
             return None
-        self.saved = None
-        failure = None
-        for fd, kind, dev, ino, path in reversed(saved):
-            try:
-                _go_back(fd, kind, dev, ino, path)
-            except BaseException as exc:
-                if failure is None:
-                    failure = exc
-        if failure is not None:
-            raise failure
+        self.active = False
+        for i in range(self.count - 1, -1, -1):
+            err = self._go_back(i)
+            if err != 0 and failed == -1:
+                failed, failure = i, err
+        self.count = 0
+        if failed == -1:
+            return None
+        path = _THREAD_NS[self.kinds[failed]]
+        if failure == _REPLACED:
+            raise RuntimeError(f"entered(): fd {self.fds[failed]}, which kept the thread's "
+                               f"previous namespace ({path}), was closed or replaced inside "
+                               f"the block; the thread is still in the entered "
+                               f"{path.rpartition('/')[2]} namespace")
+        _raise_errno(failure, path)
 
 
 def pidfd_open(pid, flags=0):

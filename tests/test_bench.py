@@ -21,6 +21,7 @@ from conftest import drop_privileges, in_child, python_env
 _bench = pytest.importorskip("linux_clone._bench")
 from linux_clone import bench  # noqa: E402  (after the skip: it imports _bench)
 from linux_clone.bench import harness  # noqa: E402
+from linux_clone.bench import rows as bench_rows  # noqa: E402
 
 
 def _run_quick(*args: str) -> subprocess.CompletedProcess:
@@ -53,14 +54,18 @@ ALWAYS = {
     "kcmp": {"raw C", "cimport", "linux_clone", "ctypes"},
     "ns_get_nstype": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
     "ns_get_owner_uid": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
-    "entered": {"raw C", "cimport", "linux_clone"},
+    "entered": {"raw C", "cimport", "/proc in C", "linux_clone"},
+    "entered_threads": {"raw C", "linux_clone", "2 threads"},
+    "fork": {"raw C", "linux_clone", "os"},
     "clone": {"raw C", "linux_clone", "os"},
     "spawn": {"raw C", "linux_clone", "os"},
+    "setup": {"raw C", "linux_clone", "spawn", "os"},
     "configure_loopback": {"raw C", "cimport", "linux_clone", "fcntl"},
+    "startup": {"raw C", "import", "linux_clone"},
     "getpid": {"raw C", "os", "ctypes"},
 }
 # The rows that create a process or a namespace per call: one call per loop.
-SINGLE = {"clone", "spawn", "configure_loopback"}
+SINGLE = {"fork", "clone", "spawn", "setup", "configure_loopback", "startup"}
 
 
 def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]) -> None:
@@ -231,8 +236,10 @@ def test_c_loops_privileged(privileged: None) -> None:
             "setns_raw": _bench.setns_raw(here, there, net, 100) / 100,
             "setns_cimport": _bench.setns_cimport(here, there, net, 100) / 100,
             "entered_c": _bench.entered_c(there, net, b"/proc/thread-self/ns/net", 100) / 100,
+            "entered_steps": _bench.entered_steps(there, net, 100) / 100,
             "clone_reap": _bench.clone_reap(int(linux_clone.NEWUTS), 3) / 3,
             "spawn_reap": _bench.spawn_reap(net, b"/bin/true", 3) / 3,
+            "setup_reap": _bench.setup_reap(int(bench_rows.SETUP_FLAGS), b"bench", 3) / 3,
         }
         assert os.stat("/proc/thread-self/ns/net").st_ino == os.fstat(here).st_ino
         times["unshare_raw"] = _bench.unshare_raw(int(linux_clone.NEWUTS), 100) / 100
@@ -251,3 +258,19 @@ def test_c_loops_privileged(privileged: None) -> None:
 def test_spawn_reap_reports_a_failed_program(privileged: None) -> None:
     with pytest.raises(OSError):
         in_child(lambda: _bench.spawn_reap(0, b"/bin/false", 1))
+
+
+def test_setup_reap_reports_a_failed_child(privileged: None) -> None:
+    # A hostname longer than the kernel's 64 bytes: sethostname fails in the child.
+    with pytest.raises(OSError) as info:
+        in_child(lambda: _bench.setup_reap(int(bench_rows.SETUP_FLAGS), b"x" * 65, 1))
+    assert info.value.errno == errno.ECHILD
+
+
+def test_targets_follow_the_kernel_and_the_build() -> None:
+    rows = {row.key: row for row in bench.ROWS}
+    entered = rows["entered"].targets[0]
+    assert entered.limit == (2.0 if bench_rows.pidfd_ioctls() else 4.5)
+    assert bool(rows["entered_threads"].targets) == bench_rows.free_threaded()
+    assert ("not a free-threaded build" in rows["entered_threads"].notes) != (
+        bench_rows.free_threaded())

@@ -1,17 +1,21 @@
 """entered(): the calling thread moves into a namespace for a block and back, even on an
-exception; nesting works, other threads keep their namespaces, no fd stays open."""
+exception; nesting works, other threads keep their namespaces, no fd stays open but the
+one each thread keeps for the way back."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pathlib
 import socket
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+import seccomp_eras
 
 import linux_clone
 from conftest import in_child, running_threads
@@ -24,15 +28,22 @@ def thread_ns(kind: str) -> int:
 
 
 def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(open_fds())
 
 
-def open_fds() -> Dict[int, str]:
+def every_fd() -> Dict[int, str]:
     """What each of this process's fds is (a namespace fd reads as `net:[4026531840]`)."""
     found = {}
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(FileNotFoundError):  # listdir's own fd, closed by now
             found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
+def open_fds() -> Dict[int, str]:
+    """every_fd() but the one the calling thread keeps for entered() from its first use on."""
+    found = every_fd()
+    found.pop(linux_clone._core._kept_fd(), None)
     return found
 
 
@@ -416,3 +427,109 @@ def test_hostile_namespace_arguments(ns: Any, exc_type: type) -> None:
             return type(exc), open_fds() == before, thread_ns("uts") == home
         return type(None), False, False
     assert in_child(run) == (exc_type, True, True)
+
+
+# ---- the one fd each thread keeps for the way back ----
+
+def use_entered() -> None:
+    with linux_clone.entered("/proc/thread-self/ns/uts", linux_clone.NEWUTS):
+        pass
+
+
+def test_a_thread_keeps_one_close_on_exec_fd_until_it_exits() -> None:
+    def run() -> Dict[str, bool]:
+        start = every_fd()
+        use_entered()
+        kept = linux_clone._core._kept_fd()
+        link = os.readlink(f"/proc/self/fd/{kept}")
+        out = {"one new": set(every_fd()) - set(start) == {kept},
+               "close-on-exec": bool(fcntl.fcntl(kept, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+               # Linux 6.9+: a pidfd of the thread; before, /proc/<pid>/task/<tid>/ns.
+               "pidfd or ns dir": link == "anon_inode:[pidfd]" or link.endswith("/ns")}
+        for _ in range(3):
+            use_entered()
+        out["made once"] = set(every_fd()) - set(start) == {kept}
+        seen: Dict[str, int] = {}
+
+        def other() -> None:
+            use_entered()
+            seen["fd"] = linux_clone._core._kept_fd()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        out["another thread, another fd"] = seen["fd"] not in (-1, kept)
+        # join() returns when the thread's Python part ends; its C exit (the key destructor
+        # that closes the fd) comes just after.
+        deadline = time.monotonic() + 10
+        while seen["fd"] in every_fd() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out["closed when that thread exited"] = set(every_fd()) - set(start) == {kept}
+        return out
+    assert all(in_child(run).values())
+
+
+@pytest.mark.parametrize("how", ["os.fork", "clone"])
+def test_a_forked_child_goes_back_into_its_own_namespace(how: str) -> None:
+    # The parent's kept pidfd names the parent's thread: a child that used its copy would
+    # go back into the parent's namespace, not its own.
+    def body(pid: int) -> int:
+        use_entered()
+
+        def child() -> int:
+            linux_clone.unshare(linux_clone.NEWUTS)
+            socket.sethostname("child-home")
+            with linux_clone.entered(f"/proc/{pid}/ns/uts"):
+                inside = socket.gethostname()
+            return 0 if (inside, socket.gethostname()) == ("entered-target", "child-home") else 3
+
+        if how == "clone":
+            child_pid = linux_clone.clone(child)
+        else:
+            child_pid = os.fork()
+            if child_pid == 0:
+                code = 1
+                try:
+                    code = child()
+                finally:
+                    os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(child_pid, 0)[1])
+    assert with_holder(linux_clone.NEWUTS, body) == 0
+
+
+def test_a_kept_fd_the_program_replaced_is_neither_used_nor_closed() -> None:
+    # The number now holds a pidfd of another process, in another namespace: going back
+    # through it would land there, silently.
+    def body(pid: int) -> List[bool]:
+        home = socket.gethostname()
+        use_entered()
+        kept = linux_clone._core._kept_fd()
+        other = linux_clone.pidfd_open(pid)
+        os.dup2(other, kept)
+        os.close(other)
+        with linux_clone.entered(f"/proc/{pid}/ns/uts"):
+            inside = socket.gethostname()
+        with open(f"/proc/self/fdinfo/{kept}") as info:
+            still_theirs = f"Pid:\t{pid}\n" in info.read()
+        os.close(kept)
+        return [inside == "entered-target", socket.gethostname() == home, still_theirs,
+                linux_clone._core._kept_fd() != kept]
+    assert with_holder(linux_clone.NEWUTS, body) == [True] * 4
+
+
+@pytest.mark.parametrize("era", ["pre-6.11", "pre-5.3"])
+def test_older_kernels_keep_a_proc_directory_instead(era: str) -> None:
+    # pre-6.11: pidfd_open(tid, PIDFD_THREAD) works, the ioctls are ENOTTY (that pidfd is
+    # closed again); pre-5.3: no pidfd_open.  Either way /proc/thread-self/ns is the way back.
+    def body(pid: int) -> List[bool]:
+        seccomp_eras.install(seccomp_eras.ERAS[era])
+        home = thread_ns("uts")
+        start = every_fd()
+        for _ in range(2):
+            with linux_clone.entered(f"/proc/{pid}/ns/uts"):
+                inside = socket.gethostname()
+        kept = linux_clone._core._kept_fd()
+        return [inside == "entered-target", thread_ns("uts") == home,
+                set(every_fd()) - set(start) == {kept},
+                os.readlink(f"/proc/self/fd/{kept}").endswith("/ns")]
+    assert with_holder(linux_clone.NEWUTS, body) == [True] * 4

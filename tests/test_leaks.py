@@ -136,6 +136,8 @@ def _setns_round_trip() -> Dict[str, Dict[str, Any]]:
     mine = os.open("/proc/self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     host_obj, path, bpath = Fileno(host), "/proc/self/ns/uts", b"/proc/self/ns/uts"
     mine_path = f"/proc/{os.getpid()}/fd/{mine}"  # a path to the new namespace, held open
+    with C.entered(host, C.NEWUTS):  # the fd it keeps per thread must not take `closed`'s
+        pass
     closed = os.open("/dev/null", os.O_RDONLY)
     os.close(closed)
 

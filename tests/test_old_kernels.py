@@ -421,7 +421,9 @@ def _outcome(func: Callable[[], Any]) -> Outcome:
     except BaseException as exc:
         result = f"{type(exc).__name__}: {exc}"
     after = _fds()
-    leaked = [f"{fd} -> {target}" for fd, target in sorted(after.items()) if fd not in before]
+    kept = linux_clone._core._kept_fd()  # entered()'s one fd per thread, documented
+    leaked = [f"{fd} -> {target}" for fd, target in sorted(after.items())
+              if fd not in before and fd != kept]
     left = _children()
     _kill_and_reap(left)
     return Outcome(result, err, leaked, left, value)

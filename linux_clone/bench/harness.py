@@ -22,6 +22,7 @@ import linux_clone
 Loop = Callable[[int], float]  # n -> elapsed ns for n calls
 
 RAW, CIMPORT, LC = "raw C", "cimport", "linux_clone"
+PROC_C = "/proc in C"  # entered(): its steps through /proc/thread-self/ns, as older kernels take
 
 
 class Skip(Exception):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict
 
-from .harness import CIMPORT, LC, RAW, Measured
+from .harness import CIMPORT, LC, PROC_C, RAW, Measured
 from .rows import Row
 
 # The table's columns, in this order; a column shows when any row has it.
-COLUMNS = [RAW, CIMPORT, LC, "os", "ctypes", "fcntl", "subprocess", "lxns", "pyroute2"]
+COLUMNS = [RAW, CIMPORT, LC, PROC_C, "2 threads", "import", "spawn", "os", "ctypes", "fcntl",
+           "subprocess", "lxns", "pyroute2"]
 
 
 def summarize(row: Row, measured: Measured) -> Dict[str, Any]:
@@ -44,7 +45,7 @@ def _time(ns: float) -> str:
 
 def _target_value(target: Dict[str, Any]) -> str:
     value = target["value"]
-    if target["kind"] == "ns":
+    if target["kind"] in ("ns", "over"):
         return _time(value)
     return f"{value:.2f}×"
 
@@ -88,7 +89,10 @@ def table(report: Dict[str, Any]) -> str:
               "× is relative to raw C unless the target names another column."]
     notes = [f"- {r['operation']}: {r['notes']}" for r in rows if r["notes"]]
     for r in rows:
-        if r["id"] in ("clone", "spawn", "configure_loopback"):
+        if r["id"] == "setup":
+            notes.append(f"- {r['operation']}, children per second: " + ", ".join(
+                f"{name} {1e9 / res['ns']:,.0f}" for name, res in r["results"].items()))
+        if r["id"] in ("fork", "clone", "spawn", "setup", "configure_loopback", "startup"):
             notes.append(f"- {r['operation']}: " + "; ".join(
                 f"{name} = {res['what']}" for name, res in r["results"].items()
                 if name not in (RAW, CIMPORT)))

@@ -14,6 +14,8 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +23,7 @@ import linux_clone
 from linux_clone import _bench
 
 from .harness import (
-    CIMPORT, LC, RAW, Column, Impl, Measured, Settings, Skip, c, forked, measure, optional,
+    CIMPORT, LC, PROC_C, RAW, Column, Impl, Measured, Settings, Skip, c, forked, measure, optional,
     os_function, py, reap,
 )
 
@@ -39,8 +41,8 @@ class Target:
     impl: str
     limit: float
     text: str
-    kind: str = "ratio"   # ratio: × raw C; vs: × `other`; speedup: other ÷ impl; ns: absolute
-    other: str = ""
+    kind: str = "ratio"   # ratio: × raw C; vs: × `other`; speedup: other ÷ impl; ns: absolute;
+    other: str = ""       # over: impl − other, in ns
 
     def measure(self, samples: Dict[str, List[float]]) -> Optional[float]:
         mine = samples.get(self.impl)
@@ -51,6 +53,8 @@ class Target:
         theirs = samples[self.other_key]
         if self.kind == "speedup":
             return statistics.median(b / a for a, b in zip(mine, theirs))
+        if self.kind == "over":
+            return statistics.median(a - b for a, b in zip(mine, theirs))
         return statistics.median(a / b for a, b in zip(mine, theirs))
 
     @property
@@ -228,8 +232,12 @@ def entered_columns() -> Columns:
     return {
         RAW: c("two raw setns: syscall(SYS_setns) ×2, nogil loop", _bench.setns_raw, here, there,
                net),
-        CIMPORT: c("entered()'s steps in C: open /proc/thread-self/ns/net, sys_setns ×2, close",
-                   _bench.entered_c, there, net, b"/proc/thread-self/ns/net"),
+        CIMPORT: c("entered()'s steps in C: its C saves the thread's netns (pidfd ioctl on "
+                   "Linux 6.11+), sys_setns ×2 (fstat check between), close",
+                   _bench.entered_steps, there, net),
+        PROC_C: c("open /proc/thread-self/ns/net, sys_setns ×2, close, in C: the way back "
+                  "without the kept pidfd", _bench.entered_c, there, net,
+                   b"/proc/thread-self/ns/net"),
         LC: py("with linux_clone.entered(fd, NEWNET): pass",
                "with entered(there, NEWNET): pass", entered=linux_clone.entered, there=there,
                NEWNET=linux_clone.NEWNET),
@@ -251,6 +259,16 @@ def clone_columns() -> Columns:
                child=lambda: 0, flags=linux_clone.NEWUTS | signal.SIGCHLD),
         "os": py("os.fork() + child linux_clone.unshare(NEWUTS) + os._exit(0) + os.waitpid",
                  "reap(forked(unshare_uts))", reap=reap, forked=forked, unshare_uts=unshare_uts),
+    }
+
+
+def fork_columns() -> Columns:
+    return {
+        RAW: c("clone(SIGCHLD), child _exit(0), waitpid; nogil loop", _bench.clone_reap, 0),
+        LC: py("linux_clone.clone(lambda: 0) + os.waitpid", "reap(clone(child))", reap=reap,
+               clone=linux_clone.clone, child=lambda: 0),
+        "os": py("os.fork() + os._exit(0) + os.waitpid", "reap(forked(nothing))", reap=reap,
+                 forked=forked, nothing=lambda: None),
     }
 
 
@@ -329,6 +347,130 @@ def loopback_columns() -> Columns:
     }
 
 
+SETUP_FLAGS = linux_clone.NEWNET | linux_clone.NEWUTS | linux_clone.NEWIPC
+SETUP_HOSTNAME = "bench"
+
+
+def _setup_child() -> int:
+    linux_clone.configure_loopback()
+    socket.sethostname(SETUP_HOSTNAME)
+    return 0
+
+
+def setup_columns() -> Columns:
+    """A child in new NET+UTS+IPC namespaces with lo up and a hostname, as users write it."""
+    true = _true_program()
+    ip = shutil.which("ip") or "ip"
+    script = f"hostname {SETUP_HOSTNAME} && ip link set lo up"
+
+    # os.unshare needs Python 3.12; before, the child unshares as the clone row's does.
+    unshare = getattr(os, "unshare", linux_clone.unshare)
+    module = "os" if hasattr(os, "unshare") else "linux_clone"
+
+    def os_child() -> None:
+        unshare(int(SETUP_FLAGS))
+        socket.sethostname(SETUP_HOSTNAME)
+        subprocess.run([ip, "link", "set", "lo", "up"], check=True)
+
+    def os_column() -> Impl:
+        return py(f"os.fork() + {module}.unshare(NEWNET|NEWUTS|NEWIPC) + "
+                  "socket.sethostname + subprocess.run(['ip', 'link', 'set', 'lo', 'up']) + "
+                  "os.waitpid", "reap(forked(child))", reap=reap, forked=forked, child=os_child)
+
+    return {
+        RAW: c("clone(NEWNET|NEWUTS|NEWIPC|SIGCHLD), child sethostname + "
+               "lc_configure_loopback + _exit, waitpid; nogil loop", _bench.setup_reap,
+               int(SETUP_FLAGS), SETUP_HOSTNAME.encode()),
+        LC: py("linux_clone.clone(func, flags=NEWNET|NEWUTS|NEWIPC|SIGCHLD), func: "
+               "configure_loopback() + socket.sethostname; os.waitpid",
+               "reap(clone(child, 0, flags))", reap=reap, clone=linux_clone.clone,
+               child=_setup_child, flags=SETUP_FLAGS | signal.SIGCHLD),
+        "spawn": py(f"linux_clone.spawn([{true!r}], NEWNET|NEWUTS|NEWIPC, hostname=..., "
+                    "loopback=True) + os.waitpid",
+                    "reap(spawn(argv, flags, hostname=name, loopback=True))", reap=reap,
+                    spawn=linux_clone.spawn, argv=[true], flags=SETUP_FLAGS,
+                    name=SETUP_HOSTNAME),
+        "os": os_column if shutil.which("ip") else Skip("no ip(8) in PATH"),
+        "subprocess": lambda: py(
+            f"subprocess.run(['unshare', '--net', '--uts', '--ipc', 'sh', '-c', {script!r}])",
+            "run(command, check=True)", run=subprocess.run,
+            command=[_program("unshare", 1), "--net", "--uts", "--ipc", _program("sh", 1),
+                     "-c", script]),
+    }
+
+
+def free_threaded() -> bool:
+    """A build without the GIL, running without it (3.13t; PYTHON_GIL=0 or not re-enabled)."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_gil_enabled is not None and not is_gil_enabled()
+
+
+def _in_threads(count: int, body: Callable[[int], object]) -> Callable[[int], float]:
+    """A loop: body(n) in `count` threads at once, started together: wall ns per call of
+    all of them together (so 2 threads that do not wait on each other halve it)."""
+    def loop(n: int) -> float:
+        barrier = threading.Barrier(count + 1)
+
+        def run() -> None:
+            barrier.wait()
+            body(n)
+
+        threads = [threading.Thread(target=run) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        start = time.perf_counter_ns()
+        for thread in threads:
+            thread.join()
+        return (time.perf_counter_ns() - start) / count
+    return loop
+
+
+def threads_columns() -> Columns:
+    here, there = _own_netns_pair()
+    net = int(linux_clone.NEWNET)
+    entered, NEWNET = linux_clone.entered, linux_clone.NEWNET
+
+    def body(n: int) -> None:
+        for _ in range(n):
+            with entered(there, NEWNET):
+                pass
+
+    return {
+        RAW: c("two raw setns: syscall(SYS_setns) ×2, nogil loop, 1 thread", _bench.setns_raw,
+               here, there, net),
+        LC: Impl("with linux_clone.entered(fd, NEWNET): pass, 1 thread", _in_threads(1, body)),
+        "2 threads": Impl("the same in 2 threads at once: time per call of both together",
+                          _in_threads(2, body)),
+    }
+
+
+def _python_command(*args: str) -> Callable[[int], float]:
+    """A loop: n runs of `python [-P] args` (stdout to /dev/null), each started with
+    posix_spawn and reaped."""
+    command = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), *args]
+
+    def loop(n: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            pid = os.posix_spawn(command[0], command, os.environ, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
+            reap(pid)
+        return time.perf_counter_ns() - start
+    return loop
+
+
+def startup_columns() -> Columns:
+    os.chdir("/")  # this worker is thrown away; posix_spawn has no cwd before Python 3.13
+    return {
+        RAW: Impl("python -P -c pass (the interpreter alone)", _python_command("-c", "pass")),
+        "import": Impl("python -P -c 'import linux_clone'",
+                       _python_command("-c", "import linux_clone")),
+        LC: Impl("python -P -m linux_clone --net -- true",
+                 _python_command("-m", "linux_clone", "--net", "--", _true_program())),
+    }
+
+
 def getpid_columns() -> Columns:
     return {
         RAW: c("syscall(SYS_getpid), nogil loop", _bench.getpid_raw),
@@ -339,30 +481,71 @@ def getpid_columns() -> Columns:
 
 CIMPORT_TARGET = Target(CIMPORT, 1.05, "cimport ≤ 1.05×")
 
+
+def pidfd_ioctls() -> bool:
+    """Whether this kernel has the pidfd namespace ioctls entered() goes back through (6.11,
+    on a thread's pidfd: 6.9)."""
+    try:
+        pidfd = os.pidfd_open(threading.get_native_id(), os.O_EXCL)  # PIDFD_THREAD
+    except (AttributeError, OSError):
+        return False
+    try:
+        os.close(fcntl.ioctl(pidfd, 0xFF04))  # PIDFD_GET_NET_NAMESPACE
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+ENTERED_TARGET = (Target(LC, 2.0, "≤ 2.0× two raw setns (pidfd ioctls)") if pidfd_ioctls()
+                  else Target(LC, 4.5, "≤ 4.5× two raw setns (no pidfd ioctls)"))
+
 ROWS = [
     Row("setns", "setns round trip between two netns", "round trip", setns_columns,
-        targets=[Target(LC, 1.15, "≤ 1.15×"), CIMPORT_TARGET]),
+        targets=[Target(LC, 1.12, "≤ 1.12×"), CIMPORT_TARGET]),
     # Short loops: namespaces made faster than the kernel frees them make unshare slower.
     Row("unshare", "unshare(NEWUTS), in a child", "call", unshare_columns, cap=256,
         targets=[Target(LC, 1.10, "≤ 1.10×"), CIMPORT_TARGET]),
     Row("kcmp", "kcmp(pid, pid, KCMP_VM)", "call", kcmp_columns, privileged=False,
-        targets=[Target(LC, 1.20, "≤ 1.20×"), CIMPORT_TARGET]),
+        targets=[Target(LC, 1.15, "≤ 1.15×"), CIMPORT_TARGET]),
     Row("ns_get_nstype", "ns_get_nstype(fd)", "call", nstype_columns, privileged=False,
-        targets=[Target(LC, 1.40, "≤ 1.40×"), CIMPORT_TARGET]),
+        targets=[Target(LC, 1.25, "≤ 1.25×"), CIMPORT_TARGET]),
     Row("ns_get_owner_uid", "ns_get_owner_uid(fd)", "call", owner_uid_columns,
         privileged=False, targets=[CIMPORT_TARGET]),
     Row("entered", "entered(netns) enter + leave", "round trip", entered_columns, cap=20_000,
-        targets=[Target(LC, 2.5, "≤ 2.5× two raw setns")],
-        notes="raw C is two bare setns; the cimport column does what entered() does, in C"),
+        targets=[ENTERED_TARGET],
+        notes="raw C is two bare setns; the cimport column runs entered()'s own C steps (the "
+              "kept pidfd's ioctl, the fstat checks), /proc in C the way older kernels take"),
+    Row("entered_threads", "entered(netns) loops in 1 and 2 threads", "round trip",
+        threads_columns, cap=20_000,
+        targets=[Target("2 threads", 1.8, "2 threads ≥ 1.8× the throughput of 1",
+                        kind="speedup", other=LC)] if free_threaded() else [],
+        notes="throughput ratio = linux_clone ÷ 2 threads" + (
+            "" if free_threaded() else "; target skipped: not a free-threaded build (the GIL "
+            "runs one thread at a time), measured for information")),
+    Row("fork", "clone() child + reap, no namespaces", "child", fork_columns, single=True,
+        targets=[Target(LC, 1.02, "≤ 1.02× os.fork", kind="vs", other="os")]),
     Row("clone", "clone(NEWUTS) child + reap", "child", clone_columns, single=True,
         targets=[Target(LC, 1.0, "≤ os.fork+unshare", kind="vs", other="os")]),
     Row("spawn", "spawn /bin/true in a new netns + reap", "child", spawn_columns, single=True,
-        targets=[Target(LC, 10.0, "≥ 10× faster than subprocess unshare(1)", kind="speedup",
+        targets=[Target(LC, 1.05, "≤ 1.05×"),
+                 Target(LC, 10.0, "≥ 10× faster than subprocess unshare(1)", kind="speedup",
                         other="subprocess")]),
+    Row("setup", "child in new NET+UTS+IPC, lo up, hostname set + reap", "child",
+        setup_columns, single=True,
+        targets=[Target(LC, 1.0, "clone ≤ os.fork+unshare", kind="vs", other="os"),
+                 Target("spawn", 1.05, "spawn ≤ 1.05×")],
+        notes="children per second = 10⁹ ÷ the time per child"),
     Row("configure_loopback", "configure_loopback() in a fresh netns", "call",
         loopback_columns, single=True,
         targets=[Target(LC, 2000.0, "≤ 2 µs", kind="ns"), CIMPORT_TARGET],
         notes="one timed call per new netns, each between two clock reads"),
+    Row("startup", "start-up: python -P -c ...", "run", startup_columns, privileged=True,
+        single=True,
+        targets=[Target(LC, 1.3, "CLI ≤ 1.3× python -c pass"),
+                 Target("import", 5e6, "import ≤ 5 ms of our own", kind="over")],
+        notes="raw C is `python -P -c pass` here: the interpreter's own start-up"),
     Row("getpid", "reference: getpid()", "call", getpid_columns, privileged=False,
         notes="no namespace: what any call from Python costs over C on this machine"),
 ]
