@@ -148,6 +148,8 @@ class Ctx:
         # pid_for_children is not the active pid namespace: the kernel refuses NEWPID
         # (EINVAL) until the thread comes back.
         self.pidns_moved = False
+        # Other threads run: clone() takes the forked-helper path, setns(mnt) is EINVAL.
+        self.threaded = False
         self.cleanups: List[Callable[[], None]] = []
         self.keep: List[Any] = []  # objects the context holds on to (threads, entered, ...)
         self.hook_errors: List[str] = []
@@ -343,6 +345,7 @@ def _spin() -> None:
 
 
 def _start(ctx: Ctx, target: Callable[[], Any]) -> threading.Thread:
+    ctx.threaded = True
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     ctx.keep.append(thread)
@@ -356,10 +359,16 @@ def setup_threads(ctx: Ctx) -> None:
 
 def setup_c_thread(ctx: Ctx) -> None:
     # A thread Python does not know: pthread_create running libc's sleep(3600).
+    # Created with every signal blocked (it inherits the mask), so no signal ends its sleep.
     tid = ctypes.c_ulong()
     start = ctypes.cast(_libc.sleep, ctypes.c_void_p)
-    assert _libc.pthread_create(ctypes.byref(tid), None, start, ctypes.c_void_p(3600)) == 0
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        assert _libc.pthread_create(ctypes.byref(tid), None, start, ctypes.c_void_p(3600)) == 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     ctx.keep.append(tid)
+    ctx.threaded = True
 
 
 def setup_blocked_thread(ctx: Ctx) -> None:
@@ -671,6 +680,42 @@ def entered_pidns(ctx: Ctx) -> None:
 
 
 @call
+def entered_mnt(ctx: Ctx) -> None:
+    # A mount namespace needs a thread that shares its fs with no other: EINVAL with
+    # threads (README), else in and back (here: the process's own mount namespace).
+    fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        before = thread_ns("mnt")
+        with ctx.guard(needs=1, allow=(errno.EINVAL,) if ctx.threaded else ()):
+            with linux_clone.entered(ctx.fd(fd)):
+                expect(thread_ns("mnt") == before, "not in the target mount namespace")
+            expect(not ctx.threaded, "entered a mount namespace with other threads running")
+        expect(thread_ns("mnt") == before, "not back after entered()")
+    finally:
+        os.fchdir(cwd)  # setns(mnt) moves the thread to the namespace's root
+        os.close(cwd)
+        os.close(fd)
+
+
+@call
+def entered_twice(ctx: Ctx) -> None:
+    # One entered() object used again while active: RuntimeError, and the thread stays in.
+    before = thread_ns("net")
+    ent = linux_clone.entered(ctx.fd(ctx.alt["net"]))
+    with ctx.guard(needs=1):
+        with ent:
+            try:
+                ent.__enter__()
+            except RuntimeError:
+                pass
+            else:
+                raise Bad("an active entered() was entered again")
+            expect(thread_ns("net") == ctx.alt_ino["net"], "moved by the refused __enter__")
+    expect(thread_ns("net") == before, "not back after entered()")
+
+
+@call
 def entered_exit_unentered(ctx: Ctx) -> None:
     # __exit__ without __enter__: a RuntimeError or nothing, and the thread stays put.
     before = thread_ns("net")
@@ -847,8 +892,8 @@ class Probe:
     hold a copy of any pipe."""
 
     def __init__(self, ctx: Ctx, code: Any = EXIT_CODE, thread: bool = False,
-                 hold: bool = True) -> None:
-        self.ctx = ctx
+                 hold: bool = True, shared_fds: bool = False) -> None:
+        self.ctx, self.shared_fds = ctx, shared_fds
         self.r, self.w = os.pipe()
         self.hold_r, self.hold_w = os.pipe() if hold else (-1, -1)
         self.fds_before = set(open_fds())
@@ -888,8 +933,9 @@ class Probe:
             with self.ctx.guard(needs=needs, allow=allow):
                 result = start(self.func)
             pid, pidfd = result if isinstance(result, tuple) else (result, None)
-            os.close(self.w)
-            self.w = -1
+            if not self.shared_fds:  # with FILES this would close the child's end too
+                os.close(self.w)
+                self.w = -1
             report = None
             try:
                 report = self.receive(pid)
@@ -933,7 +979,8 @@ class Probe:
     def check(self, pid: int, pidfd: Optional[int], report: Dict[str, Any]) -> None:
         expect(report["pid"] == pid, f"clone returned {pid}, the child is {report['pid']}")
         expect(report["threads"] == 1, f"{report['threads']} threads in the child")
-        extra = {fd: what for fd, what in report["fds"].items() if fd not in self.fds_before}
+        extra = {fd: what for fd, what in report["fds"].items()
+                 if fd not in self.fds_before and not self.shared_fds}
         expect(not extra, f"fds open in the child that the parent had not: {extra}")
         expect(not report["hook_errors"], f"at-fork hooks failed: {report['hook_errors']}")
         if pidfd is not None:
@@ -942,9 +989,10 @@ class Probe:
 
 
 def _clone_cell(ctx: Ctx, start: Callable[[Callable[[], Any]], Any], needs: int = 0,
-                newpid: bool = False, **expected: Any) -> Dict[str, Any]:
+                newpid: bool = False, shared_fds: bool = False,
+                **expected: Any) -> Dict[str, Any]:
     allow = (errno.EINVAL,) if newpid and ctx.pidns_moved else ()
-    report = Probe(ctx).run(start, needs, allow)
+    report = Probe(ctx, shared_fds=shared_fds).run(start, needs, allow)
     for key, value in expected.items():
         expect(report[key] == value, f"child's {key}: {report[key]!r}, not {value!r}")
     return report
@@ -1043,6 +1091,23 @@ def clone3_cgroup(ctx: Ctx) -> None:
 def clone3_set_tid(ctx: Ctx) -> None:
     _clone_cell(ctx, lambda f: linux_clone.clone3(f, ctx.int(NEWPID), set_tid=[ctx.int(1)]),
                 newpid=True, getpid=1)
+
+
+@call
+def clone_files(ctx: Ctx) -> None:
+    # A sharing flag: the child shares the fd table -- or, with other threads, the
+    # README's RuntimeError (the forked helper could not give it its meaning).
+    start = lambda f: linux_clone.clone(f, 0, ctx.int(int(linux_clone.FILES) | signal.SIGCHLD))
+    if not ctx.threaded:
+        _clone_cell(ctx, start, shared_fds=True)
+        return
+    with ctx.guard():
+        try:
+            pid = start(lambda: 0)
+        except RuntimeError:
+            return
+    ctx.wait(pid)
+    raise Bad("clone(FILES) with other threads running made a child")
 
 
 @call
@@ -1172,6 +1237,7 @@ def _run_calls(channel: Any, parts: Tuple[str, ...], names: List[str]) -> None:
         fds = open_fds()
         kids = children(ctx.exclude_tids)
         hook_errors = len(ctx.hook_errors)
+        started = time.monotonic()
         try:
             CALLS[name](ctx)
             outcome = ("ok", "")
@@ -1192,12 +1258,13 @@ def _run_calls(channel: Any, parts: Tuple[str, ...], names: List[str]) -> None:
             problems.append(f"children left (pid: state): {left}")
         if ctx.hook_errors[hook_errors:]:
             problems.append(f"at-fork hooks failed: {ctx.hook_errors[hook_errors:]}")
-        channel.send(("done", name, outcome, problems))
+        channel.send(("done", name, outcome, problems, time.monotonic() - started))
     channel.send(("end",))
 
 
 Outcome = Tuple[str, str, List[str]]  # kind, detail, problems
 _RESULTS: Dict[str, Dict[str, Outcome]] = {}
+TIMES: Dict[Tuple[str, str], float] = {}  # seconds per (context, call), for a look
 
 
 def run_context(context: str) -> Dict[str, Outcome]:
@@ -1217,6 +1284,7 @@ def run_context(context: str) -> Dict[str, Outcome]:
                     current = message[1]
                 elif message[0] == "done":
                     results[message[1]] = (message[2][0], message[2][1], message[3])
+                    TIMES[context, message[1]] = message[4]
                 else:
                     break
             names = []
