@@ -250,10 +250,16 @@ class Sandbox:
                 _libc_call("unshare", _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET
                            | _CLONE_NEWUTS | _CLONE_NEWIPC)
                 _libc_call("mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+                # The init starts the target only once its pid is sent: first message.
+                gate_r, gate_w = os.pipe()
                 init = os.fork()
                 if init == 0:
+                    os.close(gate_w)
+                    os.read(gate_r, 1)
+                    os.close(gate_r)
                     self._init(target, args, to_r, from_w)
                 send_message(from_w, ("__init__", init))
+                os.write(gate_w, b"1")
                 os.waitpid(init, 0)
             except BaseException:
                 traceback.print_exc()

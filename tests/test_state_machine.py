@@ -15,15 +15,15 @@ LINUX_CLONE_FUZZ_EXAMPLES (as for test_fuzz.py) scales the number of examples up
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import signal
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
@@ -155,7 +155,7 @@ class Worker:
                 fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
             except OSError:
                 pass
-        kids = set()
+        kids: Set[int] = set()
         for tid in os.listdir("/proc/self/task"):
             with open(f"/proc/self/task/{tid}/children") as f:
                 kids.update(int(pid) for pid in f.read().split())
@@ -170,7 +170,7 @@ def worker_main(channel: Any) -> None:
     channel.send(worker.observe())
     while True:
         op, thread, args = channel.recv()
-        ok, value = worker.on(thread, lambda: getattr(worker, op)(thread, *args))
+        ok, value = worker.on(thread, functools.partial(getattr(worker, op), thread, *args))
         channel.send((ok, value, worker.observe()))
 
 
