@@ -24,7 +24,8 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
@@ -37,6 +38,10 @@ EXAMPLES = max(25, LONG // 100) if LONG else 25
 STEPS = 20
 STEP_TIMEOUT = 10.0
 KINDS = {"net": int(linux_clone.NEWNET), "uts": int(linux_clone.NEWUTS)}
+NEWPID = int(linux_clone.NEWPID)
+FLAG = {**KINDS, "pid": NEWPID}
+# Where a thread is, by kind: for pid, the namespace its children are born in.
+THREAD_FILE = {"net": "net", "uts": "uts", "pid": "pid_for_children"}
 TARGETS = ("home", "A", "B")
 THREADS = (0, 1)
 NS_FILE = ("net:[", "uts:[", "pid:[", "anon_inode:[pidfd]", "anon_inode:pidfd")
@@ -47,17 +52,29 @@ NS_FILE = ("net:[", "uts:[", "pid:[", "anon_inode:[pidfd]", "anon_inode:pidfd")
 class Worker:
     """Runs the machine's steps: on its main thread (0) or on a second Python thread (1)."""
 
-    def __init__(self) -> None:
-        # Namespaces to enter: "home" (where the worker started), A and B (new ones).
+    def __init__(self, kinds: List[str]) -> None:
+        # Namespaces to enter: "home" (where the worker started), A and B (new ones; a pid
+        # namespace's init is a child that waits for the end).
+        self.kinds = kinds
         self.ns: Dict[Tuple[str, str], int] = {}
-        home = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in KINDS}
+        home = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
+        block_r, self.block_w = os.pipe()
         for target in ("A", "B"):
             linux_clone.unshare(KINDS["net"] | KINDS["uts"])
             for kind in KINDS:
                 self.ns[kind, target] = os.open(f"/proc/thread-self/ns/{kind}",
                                                 os.O_RDONLY | os.O_CLOEXEC)
+            if "pid" in kinds:
+                linux_clone.unshare(NEWPID)
+                holder = os.fork()
+                if holder == 0:
+                    os.read(block_r, 1)
+                    os._exit(0)
+                self.ns["pid", target] = os.open(f"/proc/{holder}/ns/pid",
+                                                 os.O_RDONLY | os.O_CLOEXEC)
             for kind, fd in home.items():
-                linux_clone.setns(fd, KINDS[kind])
+                linux_clone.setns(fd, FLAG[kind])
+        os.close(block_r)
         for kind, fd in home.items():
             self.ns[kind, "home"] = fd
         self.stacks: Dict[int, List[Any]] = {0: [], 1: []}
@@ -94,7 +111,7 @@ class Worker:
     def enter(self, thread: int, kind: str, target: str, form: str) -> None:
         fd = self.ns[kind, target]
         ns: Any = fd if form == "fd" else f"/proc/self/fd/{fd}"
-        ent = linux_clone.entered(ns, KINDS[kind] if form == "fd" else 0)
+        ent = linux_clone.entered(ns, FLAG[kind] if form == "fd" else 0)
         ent.__enter__()
         self.stacks[thread].append(ent)
 
@@ -102,7 +119,7 @@ class Worker:
         self.stacks[thread].pop().__exit__(None, None, None)
 
     def setns(self, thread: int, kind: str, target: str) -> None:
-        linux_clone.setns(self.ns[kind, target], KINDS[kind])
+        linux_clone.setns(self.ns[kind, target], FLAG[kind])
 
     def unshare(self, thread: int, kind: str) -> None:
         linux_clone.unshare(KINDS[kind])
@@ -122,7 +139,7 @@ class Worker:
         pid, fd = result if isinstance(result, tuple) else (result, None)
         born = {}
         if live:
-            for kind in KINDS:
+            for kind in self.kinds:
                 born[kind] = os.stat(f"/proc/{pid}/ns/{kind}").st_ino
             if fd is not None:
                 self.pidfds[pid] = fd
@@ -131,13 +148,26 @@ class Worker:
         return {"pid": pid, "status": status}
 
     def reap(self, pid: int, fd: Optional[int] = None) -> int:
+        """The exit code of child pid (by its pidfd if it has one); bounded, an error if it
+        does not end (a wrong pid may name a process that never does)."""
         fd = self.pidfds.pop(pid, fd)
-        if fd is not None:
-            info = os.waitid(os.P_PIDFD, fd, os.WEXITED)  # type: ignore[attr-defined]
-            os.close(fd)
-            assert info is not None
-            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        try:
+            for _ in range(1000):
+                if fd is not None:
+                    info = os.waitid(os.P_PIDFD, fd,  # type: ignore[attr-defined]
+                                     os.WEXITED | os.WNOHANG)
+                    if info is not None and info.si_pid:
+                        return info.si_status if info.si_code == os.CLD_EXITED \
+                            else -info.si_status
+                else:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        return os.waitstatus_to_exitcode(status)
+                time.sleep(0.001)
+            raise TimeoutError(f"child {pid} did not end")
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def kill(self, thread: int, pid: int) -> int:
         os.kill(pid, signal.SIGKILL)
@@ -147,7 +177,8 @@ class Worker:
 
     def observe(self) -> Dict[str, Any]:
         me = os.getpid()
-        where = {t: {k: os.stat(f"/proc/{me}/task/{tid}/ns/{k}").st_ino for k in KINDS}
+        where = {t: {k: os.stat(f"/proc/{me}/task/{tid}/ns/{THREAD_FILE[k]}").st_ino
+                     for k in self.kinds}
                  for t, tid in self.tids.items()}
         fds = {}
         for name in os.listdir("/proc/self/fd"):
@@ -160,13 +191,13 @@ class Worker:
             with open(f"/proc/self/task/{tid}/children") as f:
                 kids.update(int(pid) for pid in f.read().split())
         return {"where": where, "fds": fds, "children": kids,
-                "home": {k: os.fstat(self.ns[k, "home"]).st_ino for k in KINDS},
+                "home": {k: os.fstat(self.ns[k, "home"]).st_ino for k in self.kinds},
                 "targets": {f"{k}:{t}": os.fstat(self.ns[k, t]).st_ino
-                            for k in KINDS for t in TARGETS}}
+                            for k in self.kinds for t in TARGETS}}
 
 
-def worker_main(channel: Any) -> None:
-    worker = Worker()
+def worker_main(channel: Any, kinds: List[str]) -> None:
+    worker = Worker(kinds)
     channel.send(worker.observe())
     while True:
         op, thread, args = channel.recv()
@@ -177,16 +208,19 @@ def worker_main(channel: Any) -> None:
 # ---- the model, in the test process ----
 
 class NamespaceMachine(RuleBasedStateMachine):
+    kinds = list(KINDS)  # the kinds entered() and setns() move threads between
+
     def __init__(self) -> None:
         super().__init__()
         self.box: Optional[Sandbox] = None
 
     @initialize()
     def start_worker(self) -> None:
-        self.box = Sandbox(worker_main)
+        self.box = Sandbox(worker_main, self.kinds)
         first = self.box.recv(STEP_TIMEOUT)
         self.targets: Dict[str, int] = first["targets"]
         self.base_fds = set(first["fds"])
+        self.base_children = first["children"]  # the pid namespaces' inits
         # Per thread: where it is, by kind; its entered() stack of (kind, where it was).
         self.where = {t: dict(first["home"]) for t in THREADS}
         self.stacks: Dict[int, List[Tuple[str, int]]] = {t: [] for t in THREADS}
@@ -210,9 +244,10 @@ class NamespaceMachine(RuleBasedStateMachine):
 
     # -- rules --
 
-    @rule(thread=st.sampled_from(THREADS), kind=st.sampled_from(list(KINDS)),
-          name=st.sampled_from(TARGETS), form=st.sampled_from(["fd", "path"]))
-    def enter(self, thread: int, kind: str, name: str, form: str) -> None:
+    @rule(data=st.data(), thread=st.sampled_from(THREADS), name=st.sampled_from(TARGETS),
+          form=st.sampled_from(["fd", "path"]))
+    def enter(self, data: st.DataObject, thread: int, name: str, form: str) -> None:
+        kind = data.draw(st.sampled_from(self.kinds))
         self.step("enter", thread, kind, name, form)
         self.stacks[thread].append((kind, self.where[thread][kind]))
         self.where[thread][kind] = self.targets[f"{kind}:{name}"]
@@ -225,16 +260,16 @@ class NamespaceMachine(RuleBasedStateMachine):
         kind, before = self.stacks[thread].pop()
         self.where[thread][kind] = before
 
-    @rule(thread=st.sampled_from(THREADS), kind=st.sampled_from(list(KINDS)),
-          name=st.sampled_from(TARGETS))
-    def setns(self, thread: int, kind: str, name: str) -> None:
+    @rule(data=st.data(), thread=st.sampled_from(THREADS), name=st.sampled_from(TARGETS))
+    def setns(self, data: st.DataObject, thread: int, name: str) -> None:
+        kind = data.draw(st.sampled_from(self.kinds))
         self.step("setns", thread, kind, name)
         self.where[thread][kind] = self.targets[f"{kind}:{name}"]
 
     @rule(thread=st.sampled_from(THREADS), kind=st.sampled_from(list(KINDS)))
     def unshare(self, thread: int, kind: str) -> None:
         # Inode numbers of freed namespaces are reused: new means none the model holds.
-        alive = {*self.targets.values(), *(w[k] for w in self.where.values() for k in KINDS),
+        alive = {*self.targets.values(), *(w[k] for w in self.where.values() for k in w),
                  *(before for stack in self.stacks.values() for _, before in stack)}
         self.step("unshare", thread, kind)
         inode = self.obs["where"][thread][kind]
@@ -296,12 +331,30 @@ class NamespaceMachine(RuleBasedStateMachine):
     def children_are_the_live_ones(self) -> None:
         if self.box is None:
             return
-        assert self.obs["children"] == set(self.live), (
+        assert self.obs["children"] == set(self.live) | self.base_children, (
             f"children {sorted(self.obs['children'])}, live {sorted(self.live)} "
             f"(reaped: {sorted(self.reaped)})")
 
 
+class PidNamespaceMachine(NamespaceMachine):
+    kinds = [*KINDS, "pid"]
+
+
+SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+                    database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
 def test_namespace_state_machine(privileged: None) -> None:
-    run_state_machine_as_test(NamespaceMachine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_state_machine_as_test(NamespaceMachine, settings=SETTINGS)
+
+
+@pytest.mark.xfail(strict=False, reason="issue 8 finding 4: threaded clone in a pid-namespace "
+                   "context: wrong pid / EINVAL")
+def test_namespace_state_machine_with_pid(privileged: None) -> None:
+    # entered()/setns() into pid namespaces too: children are born where the thread's
+    # pid_for_children says, and clone() returns their pid in the caller's namespace.
+    # Without shrinking while finding 4 stands: each of its failures waits out a reap
+    # timeout, and shrinking replays hundreds of them.
+    run_state_machine_as_test(PidNamespaceMachine, settings=settings(
+        SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate]))
