@@ -152,7 +152,8 @@ class Worker:
         does not end (a wrong pid may name a process that never does)."""
         fd = self.pidfds.pop(pid, fd)
         try:
-            for _ in range(1000):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
                 if fd is not None:
                     info = os.waitid(os.P_PIDFD, fd,  # type: ignore[attr-defined]
                                      os.WEXITED | os.WNOHANG)
