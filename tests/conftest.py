@@ -165,3 +165,197 @@ def drop_privileges(uid: int = 65534, gid: int = 65534) -> None:
 def ns_inode(kind: str, pid: Union[int, str] = "self") -> int:
     """The inode of /proc/<pid>/ns/<kind>: equal inodes, same namespace."""
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+# ---- a sandbox: a process in namespaces of its own, driven through pipes ----
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+_CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+
+
+def _libc_call(name: str, *args: Any) -> None:
+    """A libc call through ctypes (independent of linux_clone), OSError on failure."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+class SandboxHang(Exception):
+    """The sandbox did not answer in time (it has been killed)."""
+
+
+class SandboxDied(Exception):
+    """The sandbox's process ended before answering; `status` is its wait status."""
+
+    def __init__(self, status: int, log: str) -> None:
+        super().__init__(f"wait status {status:#x} ({_describe_status(status)}); its "
+                         f"stderr ends with:\n{log}")
+        self.status = status
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit {os.WEXITSTATUS(status)}"
+
+
+def send_message(fd: int, obj: Any) -> None:
+    """One length-prefixed pickle on fd, written whole (signals may split a write)."""
+    data = pickle.dumps(obj)
+    view = memoryview(len(data).to_bytes(4, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return out
+
+
+def receive_message(fd: int) -> Any:
+    """The next message send_message wrote on fd (blocking); EOFError at the end."""
+    return pickle.loads(_read_exact(fd, int.from_bytes(_read_exact(fd, 4), "little")))
+
+
+class Sandbox:
+    """target(channel, *args) in a process of its own: new pid, mount (/ private, a /proc of
+    its pid namespace), network, UTS and IPC namespaces, under an init process, so that
+    namespaces, mounts, hostnames and processes made there stay there; killing the init ends
+    every process in it.  Its stdout and stderr go to a log file (`log()` reads the end).
+
+    The target sends messages with channel.send(obj) and reads them with channel.recv().
+    recv(timeout) here returns its next message, raises SandboxHang when none came in time
+    (the sandbox is then killed) and SandboxDied when the target ended without one.
+    """
+
+    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        import tempfile
+        self._log = tempfile.TemporaryFile()
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        self._status: Optional[int] = None
+        pid = os.fork()
+        if pid == 0:  # the supervisor: new namespaces, then their init
+            try:
+                os.close(to_w)
+                os.close(from_r)
+                _libc_call("unshare", _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET
+                           | _CLONE_NEWUTS | _CLONE_NEWIPC)
+                _libc_call("mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+                # The init starts the target only once its pid is sent: first message.
+                gate_r, gate_w = os.pipe()
+                init = os.fork()
+                if init == 0:
+                    os.close(gate_w)
+                    os.read(gate_r, 1)
+                    os.close(gate_r)
+                    self._init(target, args, to_r, from_w)
+                send_message(from_w, ("__init__", init))
+                os.write(gate_w, b"1")
+                os.waitpid(init, 0)
+            except BaseException:
+                traceback.print_exc()
+            os._exit(0)
+        os.close(to_r)
+        os.close(from_w)
+        self.pid, self._to, self._from = pid, to_w, from_r
+        self._init_pid: Optional[int] = None
+        kind, self._init_pid = self.recv(30)
+        assert kind == "__init__"
+
+    def _init(self, target: Callable[..., Any], args: Tuple[Any, ...], rfd: int,
+              wfd: int) -> None:
+        """pid 1 of the sandbox: mount its /proc, start the target, reap, report its end."""
+        try:
+            _libc_call("mount", b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                       None)
+            child = os.fork()
+            if child == 0:
+                try:
+                    os.dup2(self._log.fileno(), 1)
+                    os.dup2(self._log.fileno(), 2)
+                    sys.stdout = open(1, "w", closefd=False)
+                    sys.stderr = open(2, "w", buffering=1, closefd=False)
+                    import faulthandler
+                    if faulthandler.is_enabled():  # pytest's, to its own stderr: to the log
+                        faulthandler.enable(sys.stderr)
+                    target(_Channel(rfd, wfd), *args)
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+            while True:
+                pid, status = os.waitpid(-1, 0)
+                if pid == child:
+                    send_message(wfd, ("__exit__", status))
+                    break
+        except BaseException:
+            traceback.print_exc()
+        os._exit(0)
+
+    def send(self, obj: Any) -> None:
+        send_message(self._to, obj)
+
+    def recv(self, timeout: float) -> Any:
+        import select
+        if not select.select([self._from], [], [], timeout)[0]:
+            self.kill()
+            raise SandboxHang(f"no answer in {timeout} s")
+        try:
+            message = receive_message(self._from)
+        except EOFError:
+            self.kill()
+            raise SandboxDied(self._reap(), self.log()) from None
+        if isinstance(message, tuple) and message and message[0] == "__exit__":
+            self.kill()
+            raise SandboxDied(message[1], self.log())
+        return message
+
+    def log(self, tail: int = 3000) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-tail:]
+
+    def _reap(self) -> int:
+        if self._status is None:
+            self._status = os.waitpid(self.pid, 0)[1]
+        return self._status
+
+    def kill(self) -> None:
+        """End every process in the sandbox (its init's death takes the pid namespace)."""
+        if self._init_pid is not None and self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._init_pid, 9)
+        self._reap()
+
+    def close(self) -> None:
+        self.kill()
+        for fd in (self._to, self._from):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._log.close()
+
+
+class _Channel:
+    """The target's end of a Sandbox's pipes."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+
+    def send(self, obj: Any) -> None:
+        send_message(self.wfd, obj)
+
+    def recv(self) -> Any:
+        return receive_message(self.rfd)
