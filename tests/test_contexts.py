@@ -48,7 +48,7 @@ NEWNET, NEWUTS, NEWPID, NEWUSER = (int(linux_clone.NEWNET), int(linux_clone.NEWU
                                    int(linux_clone.NEWPID), int(linux_clone.NEWUSER))
 NEWIPC, PIDFD, VFORK = int(linux_clone.NEWIPC), int(linux_clone.PIDFD), int(linux_clone.VFORK)
 EXIT_CODE = 7  # what every child here exits with
-STACK = 256 * 1024
+STACK = linux_clone._core.MIN_STACK_SIZE  # the smallest stack clone() accepts
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 PR_SET_PDEATHSIG = 1
 
