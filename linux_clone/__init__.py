@@ -63,6 +63,12 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
+def get_include() -> str:
+    """The directory of linux_clone.h, which a Cython module that cimports linux_clone._core
+    includes: put it on that module's C include path (as numpy.get_include())."""
+    return os.path.dirname(__file__)
+
+
 def _map_text(idmap: IdMap, name: str = "id map") -> bytes:
     """The uid_map/gid_map text for "inner outer count" lines or (inner, outer, count) tuples
     of ints (bools are refused: an id of True is a mistake); anything else is a TypeError, a
@@ -303,7 +309,7 @@ __all__ = [
     "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype",
     "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
     "unshare",
-    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT", "get_include",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,
