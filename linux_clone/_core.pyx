@@ -1,26 +1,27 @@
 # cython: language_level=3, freethreading_compatible=True, auto_pickle=False
-"""The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, and the
-child entry of clone()/clone3()."""
+"""The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, entered(),
+clone()/clone3() with their child entry, and spawn()."""
 
 import atexit
 import os
 import sys
 
-from libc.errno cimport errno, EINTR, ECHILD, ENOENT, ENOTDIR
-from libc.errno cimport EMFILE
+from libc.errno cimport errno, EINTR, ECHILD, EINVAL, EMFILE, ENOENT, ENOSYS, ENOTDIR
+from libc.limits cimport INT_MAX, UINT_MAX
 from libc.string cimport memset, strerror
 from libc.stdint cimport uint64_t
-from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.fcntl cimport open as c_open, fcntl, F_SETFD, FD_CLOEXEC, O_CLOEXEC, O_DIRECTORY, \
+    O_RDONLY
 from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
     PROT_READ, PROT_WRITE, PROT_NONE
+from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
 from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
-from posix.unistd cimport close, _exit, fork, sysconf, _SC_PAGESIZE
+from posix.unistd cimport close, dup, dup2, _exit, fork, getpid, setsid, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
-from libc.limits cimport INT_MAX
 
 cdef extern from "Python.h":
     void PyOS_BeforeFork()
@@ -31,17 +32,22 @@ cdef extern from "Python.h":
     PyInterpreterState *PyInterpreterState_Main()
 
 cdef extern from "<unistd.h>" nogil:
-    int pipe2(int fds[2], int flags)
-    int __builtin_ctz(unsigned int x)
+    int execve(const char *path, char *const argv[], char *const envp[])
+    int chdir(const char *path)
+    int sethostname(const char *name, size_t length)
+    long syscall(long number, ...)
 
 cdef extern from "<signal.h>" nogil:
     const int SIGCHLD
     const int SIGKILL
     const int NSIG "_NSIG"
+    const int SIG_SETMASK
     ctypedef struct stack_t:
         void *ss_sp
         int ss_flags
         size_t ss_size
+    int sigfillset(sigset_t *s)
+    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
 
 cdef extern from "<ucontext.h>" nogil:
     ctypedef struct ucontext_t:
@@ -51,15 +57,19 @@ cdef extern from "<ucontext.h>" nogil:
     int setcontext(const ucontext_t *ucp)
     void makecontext(ucontext_t *ucp, void (*func)() noexcept nogil, int argc, ...)
 
-cdef extern from "_clone.h" nogil:
-    # Whether the caller may clone directly, and the forked helper's channel when it may not.
-    bint lc_single_threaded() nogil
-    int lc_pid_ns_moved() nogil
-    int lc_report_pair(int fds[2], int passcred) nogil
-    int lc_send_report(int sock, int value, int fd) nogil
-    int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender) nogil
-    void lc_send_go(int sock) nogil
-    bint lc_wait_go(int sock) nogil
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+              unsigned long arg5)
+    const int PR_SET_PDEATHSIG
+
+cdef extern from "<sys/stat.h>" nogil:
+    unsigned int umask(unsigned int mask)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    const long SYS_getdents64
+
+cdef extern from *:
+    int __builtin_ctz(unsigned int x) nogil  # a compiler builtin, in no header
 
 
 # ---- constants, as the headers define them (the Python layer builds the enums) ----
@@ -85,7 +95,7 @@ NS_IOCTLS = {
     "NS_GET_USERNS": NS_GET_USERNS, "NS_GET_PARENT": NS_GET_PARENT,
     "NS_GET_NSTYPE": NS_GET_NSTYPE, "NS_GET_OWNER_UID": NS_GET_OWNER_UID,
 }
-WAIT_ALL = WALL
+WAIT_FLAGS = {"WALL": WALL}  # a dict, as `WALL = WALL` would assign the C constant
 
 # A Python child cannot share the parent's memory, signal handlers or thread identity.
 cdef unsigned long long _NOT_FOR_PYTHON = (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_SETTLS
@@ -116,30 +126,11 @@ def _register_nstypes(flag_type):
             _member_by_bit[value.bit_length() - 1] = member
 
 
-# ---- the one errno path ----
+# ---- conversions and errors ----
 
 cdef int _raise_errno(int err, object filename=None, object filename2=None) except -1:
+    """The one errno path: OSError(err) with its message, and the path(s) involved."""
     raise OSError(err, strerror(err).decode(), filename, None, filename2)
-
-
-# ---- argument conversion ----
-
-cdef class _Ns:
-    """An fd argument (a namespace, a cgroup directory): ints and fileno() objects as they
-    are, paths opened (close-on-exec) and closed again by release()."""
-    cdef int fd        # -1 until a conversion or an open succeeded
-    cdef bint owned    # fd was opened here: release() closes it
-    cdef object path   # the path argument, for OSError.filename; None for an fd
-
-    def __cinit__(self):
-        self.fd = -1
-
-    cdef int release(self) except -1:
-        if self.owned:
-            self.owned = False
-            close(self.fd)
-            self.fd = -1
-        return 0
 
 
 cdef inline object _index(object obj):
@@ -161,36 +152,29 @@ cdef bytes _fsencode(object path):
     return raw
 
 
-cdef _Ns _open_fd(object ns):
-    cdef _Ns r = _Ns.__new__(_Ns)
-    cdef bytes raw
-    if not _is_path(ns):
-        r.fd = PyObject_AsFileDescriptor(ns)
-        return r
-    raw = _fsencode(ns)
-    r.path = ns
-    r.fd = c_open(raw, O_RDONLY | O_CLOEXEC)
-    if r.fd < 0:
-        _raise_errno(errno, ns)
-    r.owned = True
-    return r
+cdef class _Opened:
+    """An fd opened for one call -- from a path argument, or entered()'s pidfd -- and closed
+    again by release()."""
+    cdef int fd        # -1 once released
+    cdef object path   # the path it was opened from, for OSError.filename; None for a pidfd
 
+    @staticmethod
+    cdef _Opened of(int fd, object path):
+        cdef _Opened opened = _Opened.__new__(_Opened)
+        opened.fd, opened.path = fd, path
+        return opened
 
-cdef int _finish(int rc, _Ns opened) except -1:
-    """After a call on an fd from _fd_of/_open_fd: close what _open_fd opened, then raise
-    from errno if the call failed (with the path, if it was one)."""
-    cdef int err = errno
-    if opened is not None:
-        opened.release()
-    if rc == -1:
-        _raise_errno(err, None if opened is None else opened.path)
-    return rc
+    cdef int release(self) except -1:
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        return 0
 
 
 cdef inline int _fd_of(object ns) except -2:
-    # The fast path of _open_fd for the common case, an int fd; -1 sends the rest there, out
-    # of range ints included, for _open_fd's ValueError or OverflowError.  On an exact int
-    # PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
+    # _fd_arg's fast path, for the common case, an int fd; -1 sends the rest on, out of range
+    # ints included, for PyObject_AsFileDescriptor's ValueError or OverflowError.  On an exact
+    # int PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
     # the error would propagate rather than become an fd.
     cdef int overflow
     cdef long value
@@ -201,7 +185,36 @@ cdef inline int _fd_of(object ns) except -2:
     return -1
 
 
-# ---- the wrappers: convert, call, check ----
+cdef inline _Opened _fd_arg(object arg, int *fd):
+    """The fd of a namespace or cgroup argument, in *fd: an int or an object with fileno() as
+    it is (None returned); a path opened close-on-exec, returned to be closed by _finish or
+    release()."""
+    cdef bytes raw
+    fd[0] = _fd_of(arg)
+    if fd[0] >= 0:
+        return None
+    if not _is_path(arg):
+        fd[0] = PyObject_AsFileDescriptor(arg)
+        return None
+    raw = _fsencode(arg)
+    fd[0] = c_open(raw, O_RDONLY | O_CLOEXEC)
+    if fd[0] < 0:
+        _raise_errno(errno, arg)
+    return _Opened.of(fd[0], arg)
+
+
+cdef int _finish(int rc, _Opened opened) except -1:
+    """After a call on an fd from _fd_arg: close what it opened, then raise from errno if the
+    call failed (with the path, if it was one)."""
+    cdef int err = errno
+    if opened is not None:
+        opened.release()
+    if rc == -1:
+        _raise_errno(err, None if opened is None else opened.path)
+    return rc
+
+
+# ---- the namespace calls: convert, call, check ----
 
 def unshare(flags):
     """Move the calling thread into new namespaces (and unshare state), as unshare(2).
@@ -226,11 +239,8 @@ def setns(ns, nstype=0):
     nstype: 0 for any type, else the CloneFlag NEW* bit(s) the namespace must have.
     """
     cdef int c_nstype = _index(nstype)
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     if c_nstype == 0 or c_nstype & _MAY_BLOCK_ENTER:
         with nogil:
             rc = sys_setns(fd, c_nstype)
@@ -300,11 +310,8 @@ def configure_loopback():
 
 
 cdef int _ns_ioctl(object ns, unsigned long request) except -1:
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     rc = lc_ns_ioctl(fd, request)
     _finish(rc, opened)
     return rc
@@ -346,14 +353,22 @@ def ns_get_owner_uid(ns):
     ns: an fd, an object with fileno(), or a path of a user namespace file.
     """
     cdef uid_t uid
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     rc = lc_ns_get_owner_uid(fd, &uid)
     _finish(rc, opened)
     return uid
+
+
+def pidfd_open(pid, flags=0):
+    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2).
+
+    pid: a process id.  flags: 0 or os.O_NONBLOCK.
+    """
+    cdef int fd = sys_pidfd_open(_index(pid), _index(flags))
+    if fd == -1:
+        _raise_errno(errno)
+    return fd
 
 
 cdef extern from "_entered.h" nogil:
@@ -489,22 +504,17 @@ cdef class entered:
         return 0 if rc == 0 else err
 
     def __enter__(self):
-        cdef _Ns target = None
+        cdef _Opened target
         cdef int rc, fd, types = self.nstype
         if self.active:
             raise RuntimeError("this entered() is already active; make one per use")
         if self.by_pid:
-            target = _Ns.__new__(_Ns)
-            target.fd = sys_pidfd_open(self.pid, 0)
-            if target.fd == -1:
+            fd = sys_pidfd_open(self.pid, 0)
+            if fd == -1:
                 _raise_errno(errno)
-            target.owned = True
-            fd = target.fd
+            target = _Opened.of(fd, None)
         else:
-            fd = _fd_of(self.ns)
-            if fd < 0:
-                target = _open_fd(self.ns)
-                fd = target.fd
+            target = _fd_arg(self.ns, &fd)
         self.count = 0
         try:
             if types == 0:
@@ -551,27 +561,28 @@ cdef class entered:
         _raise_errno(failure, path)
 
 
-def pidfd_open(pid, flags=0):
-    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2).
-
-    pid: a process id.  flags: 0 or os.O_NONBLOCK.
-    """
-    cdef int fd = sys_pidfd_open(_index(pid), _index(flags))
-    if fd == -1:
-        _raise_errno(errno)
-    return fd
-
-
 # ---- clone: the parent side ----
 
 cdef size_t _page_size = <size_t>sysconf(_SC_PAGESIZE)
 
 cdef extern from "_clone.h" nogil:
+    # Whether the caller may clone directly, and the forked helper's channel when it may not.
+    bint lc_single_threaded()
+    int lc_pid_ns_moved()
+    int lc_report_pair(int fds[2], int passcred)
+    int lc_send_report(int sock, int value, int fd)
+    int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender)
+    void lc_send_go(int sock)
+    bint lc_wait_go(int sock)
     # The child's stack as AddressSanitizer must see it (no-ops without ASan).
-    void lc_unpoison(void *addr, size_t size) nogil
-    void lc_stack_switch_start(const void *bottom, size_t size) nogil
-    void lc_stack_switch_finish() nogil
+    void lc_unpoison(void *addr, size_t size)
+    void lc_stack_switch_start(const void *bottom, size_t size)
+    void lc_stack_switch_finish()
 
+cdef extern from "_clone.h":
+    # The interpreter's recursion bounds, fitted to the child's dedicated stack.
+    const size_t LC_MIN_STACK_SIZE
+    int lc_fit_recursion(char *base, size_t size) except -1
 
 # The smallest dedicated stack, for the running CPython: the reserve for the parser and
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
@@ -691,49 +702,6 @@ cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_
     return -1
 
 
-cdef extern from "_clone.h":
-    # The interpreter's recursion bounds, fitted to the child's dedicated stack.
-    const size_t LC_MIN_STACK_SIZE
-    int lc_fit_recursion(char *base, size_t size) except -1
-
-
-cdef void _child_on_stack() noexcept nogil:
-    lc_stack_switch_finish()
-    with gil:
-        try:
-            lc_fit_recursion(_child_stack, _child_stack_size)
-        except BaseException:
-            sys.excepthook(*sys.exc_info())
-            _exit(1)
-        _child_main(_child_func)
-
-
-cdef void _child_start() noexcept:
-    """First code of the child: the interpreter's after-fork work, then func()."""
-    global _child_func, _child_stack, _child_stack_size
-    # Read before the at-fork hooks run: a hook that calls clone() sets these for its own
-    # child (and clears _child_func when that clone returns).
-    cdef object func = _child_func
-    cdef char *stack = _child_stack
-    cdef size_t stack_size = _child_stack_size
-    if _child_close_fd >= 0:
-        close(_child_close_fd)
-    PyOS_AfterFork_Child()
-    if stack != NULL:
-        # Continue on the dedicated stack; the copy of the caller's stack is never used again.
-        # _child_on_stack takes no arguments (makecontext passes ints only): it reads these.
-        _child_func, _child_stack, _child_stack_size = func, stack, stack_size
-        getcontext(&_child_context)
-        _child_context.uc_stack.ss_sp = stack
-        _child_context.uc_stack.ss_size = stack_size
-        _child_context.uc_link = NULL
-        makecontext(&_child_context, _child_on_stack, 0)
-        lc_stack_switch_start(stack, stack_size)
-        setcontext(&_child_context)
-        _exit(127)  # setcontext returns only on failure
-    _child_main(func)
-
-
 cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
                    int exit_signal, lc_clone_args *args, int opened_fd=-1):
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
@@ -824,6 +792,109 @@ def clone(func, stack_size=0, flags=SIGCHLD):
     return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL)
 
 
+# ---- clone: the child side ----
+
+cdef void _child_start() noexcept:
+    """First code of the child: the interpreter's after-fork work, then func()."""
+    global _child_func, _child_stack, _child_stack_size
+    # Read before the at-fork hooks run: a hook that calls clone() sets these for its own
+    # child (and clears _child_func when that clone returns).
+    cdef object func = _child_func
+    cdef char *stack = _child_stack
+    cdef size_t stack_size = _child_stack_size
+    if _child_close_fd >= 0:
+        close(_child_close_fd)
+    PyOS_AfterFork_Child()
+    if stack != NULL:
+        # Continue on the dedicated stack; the copy of the caller's stack is never used again.
+        # _child_on_stack takes no arguments (makecontext passes ints only): it reads these.
+        _child_func, _child_stack, _child_stack_size = func, stack, stack_size
+        getcontext(&_child_context)
+        _child_context.uc_stack.ss_sp = stack
+        _child_context.uc_stack.ss_size = stack_size
+        _child_context.uc_link = NULL
+        makecontext(&_child_context, _child_on_stack, 0)
+        lc_stack_switch_start(stack, stack_size)
+        setcontext(&_child_context)
+        _exit(127)  # setcontext returns only on failure
+    _child_main(func)
+
+
+cdef void _child_on_stack() noexcept nogil:
+    lc_stack_switch_finish()
+    with gil:
+        try:
+            lc_fit_recursion(_child_stack, _child_stack_size)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            _exit(1)
+        _child_main(_child_func)
+
+
+cdef int _exit_status(object code) noexcept:
+    """The exit status for None or an int, as the interpreter's top level passes
+    `sys.exit(code)` to exit(): (int)PyLong_AsLong(code), -1 (255) when it overflows a long."""
+    if code is None:
+        return 0
+    try:
+        return <int>PyLong_AsLong(code)
+    except OverflowError:
+        return -1
+
+
+cdef void _report_exception() noexcept:
+    """Print the exception being handled, as the top level does; a failing hook is ignored."""
+    try:
+        sys.excepthook(*sys.exc_info())
+    except BaseException:
+        pass
+
+
+cdef void _child_main(object func) noexcept:
+    """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
+    (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
+    non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
+    registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
+    cdef int status = 1
+    try:
+        try:
+            atexit._clear()
+            code = func()
+        except SystemExit as exc:
+            code = exc.code
+            if code is not None and not PyLong_Check(code):
+                print(code, file=sys.stderr)
+                code = 1
+        else:
+            if code is not None and not PyLong_Check(code):
+                raise TypeError(f"clone child returned {type(code).__name__}, "
+                                f"not an int or None")
+        status = _exit_status(code)
+    except BaseException:
+        status = 1
+        _report_exception()
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except BaseException:
+        _report_exception()
+    try:
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass  # printed already (3.9 raises the last one again, too)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+    finally:
+        _exit(status)
+
+
+# ---- clone3 ----
+
 MAX_PID_NS_LEVEL = 32  # the kernel's limit on nested pid namespaces, so on set_tid's length
 
 
@@ -836,7 +907,8 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
     cdef lc_clone_args args
     cdef pid_t tids[32]
     cdef Py_ssize_t i, n
-    cdef _Ns group = None
+    cdef int group_fd
+    cdef _Opened group = None
     if not isinstance(set_tid, (list, tuple)):
         raise TypeError(f"set_tid must be a list or tuple, not {type(set_tid).__name__}")
     set_tid = tuple(set_tid)  # the items' __index__ may change a list under us
@@ -858,14 +930,14 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
         args.set_tid = <uint64_t>tids
         args.set_tid_size = <uint64_t>n
     if cgroup is not None:
-        group = _open_fd(cgroup)
-        args.cgroup = <uint64_t>group.fd
+        group = _fd_arg(cgroup, &group_fd)
+        args.cgroup = <uint64_t>group_fd
         c_flags |= CLONE_INTO_CGROUP
     try:
         return _clone(func, c_stack_size, c_flags, c_exit_signal, &args,
-                      group.fd if group is not None and group.path is not None else -1)
+                      group.fd if group is not None else -1)
     except OSError as exc:
-        if group is None or group.path is None or exc.filename is not None:
+        if group is None or exc.filename is not None:
             raise
         raise OSError(exc.errno, exc.strerror, group.path) from None
     finally:
@@ -875,39 +947,13 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
 
 # ---- spawn: a program in new namespaces, vfork-style ----
 
-from libc.errno cimport ENOSYS, EINVAL
-from libc.limits cimport UINT_MAX
-from posix.fcntl cimport fcntl, F_SETFD, FD_CLOEXEC, O_DIRECTORY
-from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
-from posix.unistd cimport getpid, dup, dup2, setsid
-
 cdef extern from "_spawn.h" nogil:
-    void lc_reset_signals(const sigset_t *mask) nogil
-    void lc_futex_wait_while(int *word, int value) nogil
-    void lc_futex_set(int *word, int value) nogil
-    bint lc_parent_gone(int pidfd, pid_t parent, bint newpid) nogil
+    void lc_reset_signals(const sigset_t *mask)
+    void lc_futex_wait_while(int *word, int value)
+    void lc_futex_set(int *word, int value)
+    bint lc_parent_gone(int pidfd, pid_t parent, bint newpid)
     const unsigned int CLOSE_RANGE_CLOEXEC
-    int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) nogil
-    long syscall(long number, ...) nogil
-    const long SYS_getdents64
-
-cdef extern from "<signal.h>" nogil:
-    int sigfillset(sigset_t *s)
-    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
-    const int SIG_SETMASK
-
-cdef extern from "<sys/prctl.h>" nogil:
-    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
-              unsigned long arg5)
-    const int PR_SET_PDEATHSIG
-
-cdef extern from "<sys/stat.h>" nogil:
-    unsigned int umask(unsigned int mask)
-
-cdef extern from "<unistd.h>" nogil:
-    int execve(const char *path, char *const argv[], char *const envp[])
-    int chdir(const char *path)
-    int sethostname(const char *name, size_t length)
+    int lc_close_range(unsigned int first, unsigned int last, unsigned int flags)
 
 
 cdef enum _Stage:
@@ -1344,67 +1390,3 @@ cdef list _exec_path(list environ):
     if len(paths) > 1:
         raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
     return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
-
-
-# ---- clone: the child side ----
-
-cdef int _exit_status(object code) noexcept:
-    """The exit status for None or an int, as the interpreter's top level passes
-    `sys.exit(code)` to exit(): (int)PyLong_AsLong(code), -1 (255) when it overflows a long."""
-    if code is None:
-        return 0
-    try:
-        return <int>PyLong_AsLong(code)
-    except OverflowError:
-        return -1
-
-
-cdef void _report_exception() noexcept:
-    """Print the exception being handled, as the top level does; a failing hook is ignored."""
-    try:
-        sys.excepthook(*sys.exc_info())
-    except BaseException:
-        pass
-
-
-cdef void _child_main(object func) noexcept:
-    """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
-    (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
-    non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
-    registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
-    cdef int status = 1
-    try:
-        try:
-            atexit._clear()
-            code = func()
-        except SystemExit as exc:
-            code = exc.code
-            if code is not None and not PyLong_Check(code):
-                print(code, file=sys.stderr)
-                code = 1
-        else:
-            if code is not None and not PyLong_Check(code):
-                raise TypeError(f"clone child returned {type(code).__name__}, "
-                                f"not an int or None")
-        status = _exit_status(code)
-    except BaseException:
-        status = 1
-        _report_exception()
-    try:
-        threading = sys.modules.get("threading")
-        if threading is not None:
-            threading._shutdown()
-    except BaseException:
-        _report_exception()
-    try:
-        try:
-            atexit._run_exitfuncs()
-        except BaseException:
-            pass  # printed already (3.9 raises the last one again, too)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-    finally:
-        _exit(status)
