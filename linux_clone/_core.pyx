@@ -632,6 +632,12 @@ cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *
     return sys_clone_fork(<unsigned long>(flags | <unsigned int>exit_signal), pidfd)
 
 
+cdef void _reap(pid_t pid) noexcept nogil:
+    cdef int status
+    while waitpid(pid, &status, 0) == -1 and errno == EINTR:
+        pass
+
+
 cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_args *args,
                             bint pid_ns_moved, int *pidfd, int *err) noexcept nogil:
     """Clone as safely as fork() in a threaded process.
@@ -647,45 +653,23 @@ cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_
     in the child, the pid or -1 (with *err) in the parent.
     """
     cdef int fds[2]
-    cdef int value = 0, report, status, lost = 0
-    cdef pid_t helper, sender, pid = 0
-    cdef bint gated = pid_ns_moved or (flags & CLONE_PIDFD) != 0, heard_child = False
+    cdef int value, lost = 0
+    cdef pid_t helper, pid = 0
+    cdef bint gated = pid_ns_moved or (flags & CLONE_PIDFD) != 0
     if lc_report_pair(fds, pid_ns_moved) == -1:
         err[0] = errno
         return -1
     helper = fork()
     if helper == 0:
         close(fds[0])  # the child must not hold it; and room for the pidfd with a full table
-        pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args, pidfd)
-        if pid == 0:
-            if pid_ns_moved and lc_send_report(fds[1], 0, -1) == -1:
-                _exit(127)
-            if gated and not lc_wait_go(fds[1]):
-                _exit(127)
-            close(fds[1])
-            return 0
-        lc_send_report(fds[1], pid if pid > 0 else -errno, pidfd[0] if pid > 0 else -1)
-        _exit(0)
+        return _helper_clone(flags, exit_signal, args, pid_ns_moved, gated, fds[1], pidfd)
     err[0] = errno
     close(fds[1])
     if helper == -1:
         close(fds[0])
         return -1
-    while waitpid(helper, &status, 0) == -1 and errno == EINTR:
-        pass
-    # The helper is gone, so its report is queued if it made one; only the child's may still
-    # be on its way, and is waited for (the child sends it before anything else, or dies).
-    while value == 0 or (pid_ns_moved and value > 0 and not heard_child):
-        report = sender = 0
-        if lc_recv_report(fds[0], pid_ns_moved and not heard_child, &report, pidfd, &lost,
-                          &sender) != 1:
-            break
-        if report != 0:
-            value = report
-        else:
-            heard_child, pid = True, sender
-    if not pid_ns_moved and value > 0:
-        pid = value
+    _reap(helper)
+    value = _read_reports(fds[0], pid_ns_moved, pidfd, &lost, &pid)
     if value > 0 and pid > 0 and not lost:
         if gated:
             lc_send_go(fds[0])
@@ -697,21 +681,53 @@ cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_
         pidfd[0] = -1
     close(fds[0])  # a gated child now exits without running anything
     if value > 0 and pid > 0:
-        while waitpid(pid, &status, 0) == -1 and errno == EINTR:
-            pass
+        _reap(pid)
     return -1
 
 
-cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
-                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
-    """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
-    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
-    opened for this call, which the child closes first (the caller closes its own)."""
-    global _child_func, _child_stack, _child_stack_size, _child_close_fd
-    cdef _Stack stack = None
-    cdef int pidfd = -1, err = 0, pid_ns_moved
-    cdef pid_t pid
-    cdef bint want_pidfd = (flags & CLONE_PIDFD) != 0
+cdef pid_t _helper_clone(unsigned long long flags, int exit_signal, lc_clone_args *args,
+                         bint pid_ns_moved, bint gated, int sock, int *pidfd) noexcept nogil:
+    """The forked helper of _clone_from_fork: clone, report on `sock` and _exit; returns 0 only
+    in the child, once it has reported itself (pid_ns_moved) and had the word to go (gated)."""
+    cdef pid_t pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args,
+                                pidfd)
+    if pid == 0:
+        if pid_ns_moved and lc_send_report(sock, 0, -1) == -1:
+            _exit(127)
+        if gated and not lc_wait_go(sock):
+            _exit(127)
+        close(sock)
+        return 0
+    lc_send_report(sock, pid if pid > 0 else -errno, pidfd[0] if pid > 0 else -1)
+    _exit(0)
+
+
+cdef int _read_reports(int sock, bint pid_ns_moved, int *pidfd, int *lost,
+                       pid_t *pid) noexcept nogil:
+    """The helper's report, returned (the child's pid or -errno; 0: none), and with
+    pid_ns_moved the child's own, whose sender is the child's pid as we number it (*pid)."""
+    cdef int value = 0, report
+    cdef pid_t sender
+    cdef bint heard_child = False
+    # The helper is gone, so its report is queued if it made one; only the child's may still
+    # be on its way, and is waited for (the child sends it before anything else, or dies).
+    while value == 0 or (pid_ns_moved and value > 0 and not heard_child):
+        report = sender = 0
+        if lc_recv_report(sock, pid_ns_moved and not heard_child, &report, pidfd, lost,
+                          &sender) != 1:
+            break
+        if report != 0:
+            value = report
+        else:
+            heard_child, pid[0] = True, sender
+    if not pid_ns_moved and value > 0:
+        pid[0] = value
+    return value
+
+
+cdef int _check_clone(object func, Py_ssize_t stack_size, unsigned long long flags,
+                      int exit_signal) except -1:
+    """What clone() and clone3() refuse before anything else."""
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     if stack_size < 0 or 0 < stack_size < MIN_STACK_SIZE:
@@ -724,6 +740,45 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         raise ValueError(f"exit signal {exit_signal} is not a signal number")
     if PyInterpreterState_Get() != PyInterpreterState_Main():
         raise RuntimeError("clone() is not supported in subinterpreters")
+    return 0
+
+
+cdef enum _Way:
+    WAY_DIRECT, WAY_FROM_FORK, WAY_FROM_FORK_PID_NS_MOVED   # how _clone makes the child
+
+
+cdef int _way(unsigned long long flags, int exit_signal) except -1:
+    """Directly, or (with other threads running) from a forked helper, which must then be
+    able to give the flags their meaning.  Decided only after PyOS_BeforeFork, which may wait
+    for the import lock and let other threads run."""
+    cdef int pid_ns_moved
+    if lc_single_threaded():
+        return WAY_DIRECT
+    if flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD:
+        raise RuntimeError(
+            "with other threads running, clone() can only make a child that exits with "
+            "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
+            "it clones from a forked helper, so that no lock another thread holds is "
+            "inherited; clone before starting threads, or use the C-level API")
+    pid_ns_moved = lc_pid_ns_moved()
+    if pid_ns_moved == -1:
+        raise RuntimeError(
+            "after unshare(NEWPID), with other threads running, clone() cannot make the init "
+            "of the new pid namespace: it clones from a forked helper, which would become that "
+            "init; clone before starting threads, or pass NEWPID to clone() instead")
+    return WAY_FROM_FORK_PID_NS_MOVED if pid_ns_moved else WAY_FROM_FORK
+
+
+cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
+                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
+    """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
+    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
+    opened for this call, which the child closes first (the caller closes its own)."""
+    global _child_func, _child_stack, _child_stack_size, _child_close_fd
+    cdef _Stack stack = None
+    cdef int way, pidfd = -1, err = 0
+    cdef pid_t pid
+    _check_clone(func, stack_size, flags, exit_signal)
     if stack_size > 0:
         stack = _Stack(stack_size)
     # What the parent has buffered must not be written again by the child.
@@ -733,33 +788,22 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         except Exception:
             pass
     PyOS_BeforeFork()
-    # Decided and set only now: PyOS_BeforeFork may wait for the import lock and let other
-    # threads run.
-    direct = lc_single_threaded()
-    if not direct and (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD):
+    try:
+        way = _way(flags, exit_signal)
+    except BaseException:
         PyOS_AfterFork_Parent()
-        raise RuntimeError(
-            "with other threads running, clone() can only make a child that exits with "
-            "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
-            "it clones from a forked helper, so that no lock another thread holds is "
-            "inherited; clone before starting threads, or use the C-level API")
-    pid_ns_moved = 0 if direct else lc_pid_ns_moved()
-    if pid_ns_moved == -1:
-        PyOS_AfterFork_Parent()
-        raise RuntimeError(
-            "after unshare(NEWPID), with other threads running, clone() cannot make the init "
-            "of the new pid namespace: it clones from a forked helper, which would become that "
-            "init; clone before starting threads, or pass NEWPID to clone() instead")
+        raise
     _child_func = func
     _child_stack = stack.base + _page_size if stack is not None else NULL
     _child_stack_size = stack.length - _page_size if stack is not None else 0
     # With a shared fd table the caller's close is the only one.
     _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
-    if direct:
+    if way == WAY_DIRECT:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
     else:
-        pid = _clone_from_fork(flags, exit_signal, args, pid_ns_moved, &pidfd, &err)
+        pid = _clone_from_fork(flags, exit_signal, args, way == WAY_FROM_FORK_PID_NS_MOVED, &pidfd,
+                               &err)
     if pid == 0:
         _child_start()
     # Cleared while the fork lock is still held: in a free-threaded build another thread's
@@ -768,7 +812,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
-    if want_pidfd:
+    if flags & CLONE_PIDFD:
         return (pid, pidfd)
     return pid
 
@@ -956,12 +1000,19 @@ cdef extern from "_spawn.h" nogil:
     int lc_close_range(unsigned int first, unsigned int last, unsigned int flags)
 
 
-cdef enum _Stage:
-    STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_FDS, STAGE_CWD,
+SPAWN_STACK_SIZE = 64 * 1024
+HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
+cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
+                                        | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
+                                        | CLONE_NEWTIME | CLONE_PIDFD)
+
+
+cdef enum _Stage:  # the step that failed: the parent's clone, or one of the child's
+    STAGE_CLONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_FDS, STAGE_CWD,
     STAGE_SETSID, STAGE_EXEC
 
 # What the child was doing when a stage failed, for the OSError's message.
-cdef tuple _STAGE_STEPS = (None, "waiting for its id maps", "unshare(CLONE_NEWTIME)",
+cdef tuple _STAGE_STEPS = ("clone", "waiting for its id maps", "unshare(CLONE_NEWTIME)",
                            "sethostname", "bringing up lo", "pass_fds and stdin/stdout/stderr",
                            "chdir", "setsid", "execve")
 
@@ -1040,6 +1091,205 @@ cdef class _Fds:
     def __dealloc__(self):
         PyMem_Free(self.array)
 
+
+cdef class _Spawn:
+    """One spawn(): the request its child reads (from the memory they share), and the objects
+    the request points into, alive until the child has exec'd or exited."""
+    cdef _SpawnRequest req
+    cdef _CStrings argv, envp, paths
+    cdef bytes cwd, hostname
+    cdef _Fds keep
+    cdef _Stack stack
+
+    cdef int prepare(self, object argv, object env, object cwd, object hostname) except -1:
+        """Convert argv, env, cwd and hostname, each once (an __fspath__ or a mapping may
+        answer differently the next time): the program searched for is the argv[0] passed."""
+        cdef bytes c_cwd, c_hostname
+        self.argv = _CStrings(argv)
+        environ = _environ(env)
+        self.envp = _CStrings([k + b"=" + v for k, v in environ])
+        program = self.argv.items[0]
+        dirs = [b""] if b"/" in program else _exec_path(environ)
+        self.paths = _CStrings([os.path.join(d, program) for d in dirs])
+        self.req.argv, self.req.envp = self.argv.array, self.envp.array
+        self.req.paths = self.paths.array
+        if cwd is not None:
+            c_cwd = self.cwd = _fsencode(cwd)
+            self.req.cwd = c_cwd
+        if hostname is not None:
+            c_hostname = self.hostname = _fsencode(hostname)
+            if len(c_hostname) > HOST_NAME_MAX:
+                raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
+                                 f"{HOST_NAME_MAX}")
+            self.req.hostname, self.req.hostname_len = c_hostname, len(c_hostname)
+        return 0
+
+    cdef int fd_options(self, object stdio, object pass_fds, bint close_fds,
+                        bint start_new_session, object umask) except -1:
+        """stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
+        cdef int i
+        self.keep = _Fds(pass_fds)
+        self.req.umask = _index(umask)
+        if self.req.umask < -1:
+            raise ValueError(f"umask is -1 (the caller's) or a mode, not {self.req.umask}")
+        for i in range(3):
+            self.req.stdio[i] = -1 if stdio is None else _index(stdio[i])
+            if self.req.stdio[i] < -1:
+                raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
+                                 f"{self.req.stdio[i]}")
+        self.req.keep, self.req.nkeep = self.keep.array, self.keep.n
+        self.req.fds = stdio is not None or self.keep.n > 0
+        self.req.close_fds, self.req.setsid = close_fds, start_new_session
+        return 0
+
+    cdef pid_t start(self, int c_flags, bint maps, int *pid_fd) except -2:
+        """Clone the child with every signal blocked, as they stay until the caller restores
+        req.mask: none of our handlers may run in the child before it has reset them.  The
+        pid, or -1 with req.err (STAGE_CLONE)."""
+        cdef sigset_t all_signals
+        cdef char *stack_top
+        cdef pid_t pid
+        self.stack = _Stack(SPAWN_STACK_SIZE)
+        stack_top = self.stack.base + self.stack.length
+        self.req.parent_pidfd = -1
+        if not maps:
+            c_flags |= CLONE_VFORK
+        else:
+            # The child waits on `go` while the parent writes its id maps; the kernel clears
+            # `done` when the child has exec'd or exited, freeing the shared stack.
+            self.req.maps, self.req.done, self.req.parent_pid = True, 1, getpid()
+            self.req.parent_pidfd = sys_pidfd_open(self.req.parent_pid, 0)
+            if self.req.parent_pidfd == -1 and errno != ENOSYS:
+                _raise_errno(errno)
+            c_flags |= CLONE_CHILD_CLEARTID
+        sigfillset(&all_signals)
+        with nogil:
+            pthread_sigmask(SIG_SETMASK, &all_signals, &self.req.mask)
+            pid = sys_clone(_spawn_child, stack_top, c_flags, &self.req, pid_fd, NULL,
+                            &self.req.done)
+            if pid == -1:
+                self.req.err = errno
+        return pid
+
+    cdef object handshake(self, pid_t pid, object before_start):
+        """With id maps: before_start(pid) while the child waits, then the word to go (or to
+        exit) and the wait until it has exec'd or exited.  What before_start raised, or None."""
+        cdef int go = GO_RUN
+        failure = None
+        if not self.req.maps:
+            return None
+        if self.req.parent_pidfd >= 0:
+            close(self.req.parent_pidfd)
+        if pid != -1:
+            try:
+                before_start(pid)
+            except BaseException as exc:
+                failure, go = exc, GO_ABORT
+            with nogil:
+                lc_futex_set(&self.req.go, go)
+                lc_futex_wait_while(&self.req.done, 1)
+        return failure
+
+
+def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
+          bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
+          bint close_fds=True, bint start_new_session=False, umask=-1):
+    """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
+    without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
+    runs in the parent while the child waits) and takes file objects for stdio, which here
+    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
+    cdef unsigned long long ns_flags = _index(flags)
+    cdef _Spawn call = _Spawn.__new__(_Spawn)
+    cdef int pid_fd = -1
+    cdef pid_t pid
+    _check_spawn(argv, env, ns_flags, hostname, loopback)
+    pidfd = pidfd or (ns_flags & CLONE_PIDFD) != 0
+    call.prepare(argv, env, cwd, hostname)
+    call.fd_options(stdio, pass_fds, close_fds, start_new_session, umask)
+    call.req.loopback = loopback
+    call.req.newtime = (ns_flags & CLONE_NEWTIME) != 0
+    call.req.newpid = (ns_flags & CLONE_NEWPID) != 0
+    pid = call.start(<int>((ns_flags & ~(CLONE_NEWTIME | CLONE_PIDFD)) | CLONE_VM | SIGCHLD
+                           | (CLONE_PIDFD if pidfd else 0)),
+                     before_start is not None, &pid_fd)
+    failure = None
+    try:
+        failure = call.handshake(pid, before_start)
+        if pid != -1 and (failure is not None or call.req.err != 0):
+            # Reaped with every signal still blocked, so no handler interrupts it.
+            _reap(pid)
+            if pid_fd >= 0:
+                close(pid_fd)
+    finally:
+        pthread_sigmask(SIG_SETMASK, &call.req.mask, NULL)
+    if failure is not None:
+        raise failure
+    if call.req.err != 0:
+        _raise_stage(call.req.err, call.req.stage, argv[0], cwd, hostname)
+    if pidfd:
+        return (pid, pid_fd)
+    return pid
+
+
+cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, object hostname,
+                      bint loopback) except -1:
+    """What spawn() refuses before converting anything."""
+    if not isinstance(argv, (list, tuple)):
+        raise TypeError(f"argv must be a list or tuple, not {type(argv).__name__}")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    if env is not None and not hasattr(env, "items"):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    if ns_flags & ~_SPAWN_FLAGS:
+        raise ValueError("spawn() takes the NEW* namespace flags and PIDFD only: its child "
+                         "shares the caller's memory until execve, and nothing after it")
+    if hostname is not None and not ns_flags & CLONE_NEWUTS:
+        raise ValueError("hostname needs NEWUTS in flags")
+    if loopback and not ns_flags & CLONE_NEWNET:
+        raise ValueError("loopback needs NEWNET in flags")
+    return 0
+
+
+cdef int _raise_stage(int err, int stage, object program, object cwd,
+                      object hostname) except -1:
+    """The OSError of a failed step of spawn: the clone's as it is; for the child's, filename is
+    the program or the cwd for exec and chdir (as subprocess has them), else the message names
+    the step."""
+    if stage == STAGE_CLONE:
+        _raise_errno(err)
+    if stage == STAGE_EXEC:
+        _raise_errno(err, program)
+    if stage == STAGE_CWD:
+        _raise_errno(err, cwd)
+    try:
+        _raise_errno(err, hostname if stage == STAGE_HOSTNAME else None)
+    except OSError as exc:
+        exc.strerror = f"{exc.strerror} (spawn child: {_STAGE_STEPS[stage]})"
+        raise
+
+
+cdef list _environ(env):
+    if env is None:
+        return list(os.environb.items())
+    out = []
+    for key, value in env.items():
+        key, value = os.fsencode(key), os.fsencode(value)
+        if b"=" in key or not key:
+            raise ValueError(f"illegal environment variable name {key!r}")
+        out.append((key, value))
+    return out
+
+
+cdef list _exec_path(list environ):
+    """The directories to search, as os.get_exec_path() finds them, from the converted
+    environment (bytes pairs)."""
+    paths = [value for key, value in environ if key == b"PATH"]
+    if len(paths) > 1:
+        raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
+    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
+
+
+# ---- spawn: the child ----
 
 cdef int _spawn_fail(_SpawnRequest *req, int stage, int err) noexcept nogil:
     req.err = err
@@ -1221,172 +1471,3 @@ cdef void _close_fds(const int *keep, Py_ssize_t nkeep) noexcept nogil:
     if errno == EINVAL and _close_range_except(0, keep, nkeep) == 0:
         return
     _close_listed_fds(keep, nkeep)
-
-
-SPAWN_STACK_SIZE = 64 * 1024
-HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
-cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
-                                        | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
-                                        | CLONE_NEWTIME | CLONE_PIDFD)
-
-
-cdef int _spawn_fd_options(_SpawnRequest *req, object stdio, _Fds keep, bint close_fds,
-                           bint start_new_session, object umask) except -1:
-    """Fill in the fd options of `req` (keep: pass_fds, kept alive by the caller).
-    stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
-    cdef int i
-    req.umask = _index(umask)
-    if req.umask < -1:
-        raise ValueError(f"umask is -1 (the caller's) or a mode, not {req.umask}")
-    for i in range(3):
-        req.stdio[i] = -1 if stdio is None else _index(stdio[i])
-        if req.stdio[i] < -1:
-            raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
-                             f"{req.stdio[i]}")
-    req.keep, req.nkeep = keep.array, keep.n
-    req.fds = stdio is not None or keep.n > 0
-    req.close_fds, req.setsid = close_fds, start_new_session
-    return 0
-
-
-def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
-          bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
-          bint close_fds=True, bint start_new_session=False, umask=-1):
-    """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
-    without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
-    runs in the parent while the child waits) and takes file objects for stdio, which here
-    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
-    cdef unsigned long long ns_flags = _index(flags)
-    cdef _SpawnRequest req
-    cdef _CStrings c_argv, c_envp, c_paths
-    cdef _Fds keep
-    cdef bytes c_cwd = None, c_hostname = None
-    cdef _Stack stack
-    cdef sigset_t all_signals
-    cdef int c_flags, pid_fd = -1, go = GO_RUN
-    cdef pid_t pid
-    if not isinstance(argv, (list, tuple)):
-        raise TypeError(f"argv must be a list or tuple, not {type(argv).__name__}")
-    if not argv:
-        raise ValueError("argv must not be empty")
-    if env is not None and not hasattr(env, "items"):
-        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
-    if ns_flags & ~_SPAWN_FLAGS:
-        raise ValueError("spawn() takes the NEW* namespace flags and PIDFD only: its child "
-                         "shares the caller's memory until execve, and nothing after it")
-    pidfd = pidfd or (ns_flags & CLONE_PIDFD) != 0
-    if hostname is not None and not ns_flags & CLONE_NEWUTS:
-        raise ValueError("hostname needs NEWUTS in flags")
-    if loopback and not ns_flags & CLONE_NEWNET:
-        raise ValueError("loopback needs NEWNET in flags")
-    memset(&req, 0, sizeof(req))
-    # Each argument is converted once (an __fspath__ or a mapping may answer differently
-    # the next time): the program searched for is the argv[0] that is passed.
-    c_argv = _CStrings(argv)
-    environ = _environ(env)
-    c_envp = _CStrings([k + b"=" + v for k, v in environ])
-    program = c_argv.items[0]
-    dirs = [b""] if b"/" in program else _exec_path(environ)
-    c_paths = _CStrings([os.path.join(d, program) for d in dirs])
-    req.argv, req.envp, req.paths = c_argv.array, c_envp.array, c_paths.array
-    if cwd is not None:
-        c_cwd = _fsencode(cwd)
-        req.cwd = c_cwd
-    if hostname is not None:
-        c_hostname = _fsencode(hostname)
-        if len(c_hostname) > HOST_NAME_MAX:
-            raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
-                             f"{HOST_NAME_MAX}")
-        req.hostname, req.hostname_len = c_hostname, len(c_hostname)
-    keep = _Fds(pass_fds)
-    _spawn_fd_options(&req, stdio, keep, close_fds, start_new_session, umask)
-    req.loopback = loopback
-    req.newtime = (ns_flags & CLONE_NEWTIME) != 0
-    req.newpid = (ns_flags & CLONE_NEWPID) != 0
-    req.parent_pidfd = -1
-    stack = _Stack(SPAWN_STACK_SIZE)
-    c_flags = <int>((ns_flags & ~(CLONE_NEWTIME | CLONE_PIDFD)) | CLONE_VM | SIGCHLD
-                    | (CLONE_PIDFD if pidfd else 0))
-    if before_start is None:
-        c_flags |= CLONE_VFORK
-    else:
-        # The child waits on `go` while the parent writes its id maps; the kernel clears
-        # `done` when the child has exec'd or exited, freeing the shared stack.
-        req.maps, req.done, req.parent_pid = True, 1, getpid()
-        req.parent_pidfd = sys_pidfd_open(req.parent_pid, 0)
-        if req.parent_pidfd == -1 and errno != ENOSYS:
-            _raise_errno(errno)
-        c_flags |= CLONE_CHILD_CLEARTID
-    sigfillset(&all_signals)
-    with nogil:
-        # Blocked until the child has reset its handlers: none of ours may run in it.
-        pthread_sigmask(SIG_SETMASK, &all_signals, &req.mask)
-        pid = sys_clone(_spawn_child, stack.base + stack.length, c_flags, &req, &pid_fd,
-                        NULL, &req.done)
-        if pid == -1:
-            req.err = errno
-    failure = None
-    try:
-        if req.maps:
-            if req.parent_pidfd >= 0:
-                close(req.parent_pidfd)
-            if pid != -1:
-                try:
-                    before_start(pid)
-                except BaseException as exc:
-                    failure, go = exc, GO_ABORT
-                with nogil:
-                    lc_futex_set(&req.go, go)
-                    lc_futex_wait_while(&req.done, 1)
-        if pid != -1 and (failure is not None or req.err != 0):
-            # Reaped with every signal still blocked, so no handler interrupts it.
-            waitpid(pid, NULL, 0)
-            if pid_fd >= 0:
-                close(pid_fd)
-    finally:
-        pthread_sigmask(SIG_SETMASK, &req.mask, NULL)
-    if failure is not None:
-        raise failure
-    if pid == -1:
-        _raise_errno(req.err)
-    if req.err != 0:
-        _raise_stage(req.err, req.stage, argv[0], cwd, hostname)
-    if pidfd:
-        return (pid, pid_fd)
-    return pid
-
-
-cdef int _raise_stage(int err, int stage, object program, object cwd,
-                      object hostname) except -1:
-    """The OSError of a failed step of the spawn child: filename is the program or the cwd
-    for exec and chdir (as subprocess has them), else the message names the step."""
-    if stage == STAGE_EXEC:
-        _raise_errno(err, program)
-    if stage == STAGE_CWD:
-        _raise_errno(err, cwd)
-    try:
-        _raise_errno(err, hostname if stage == STAGE_HOSTNAME else None)
-    except OSError as exc:
-        exc.strerror = f"{exc.strerror} (spawn child: {_STAGE_STEPS[stage]})"
-        raise
-
-
-cdef list _environ(env):
-    if env is None:
-        return list(os.environb.items())
-    out = []
-    for key, value in env.items():
-        key, value = os.fsencode(key), os.fsencode(value)
-        if b"=" in key or not key:
-            raise ValueError(f"illegal environment variable name {key!r}")
-        out.append((key, value))
-    return out
-
-
-cdef list _exec_path(list environ):
-    """The directories to search, as os.get_exec_path() finds them, from the converted
-    environment (bytes pairs)."""
-    paths = [value for key, value in environ if key == b"PATH"]
-    if len(paths) > 1:
-        raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
-    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
