@@ -39,7 +39,8 @@ _core._register_nstypes(CloneFlag)
 globals().update(_core.KCMP_TYPES)
 globals().update(_core.NS_IOCTLS)
 NS_OWNER_UID = _core.NS_IOCTLS["NS_GET_OWNER_UID"]  # the name the Perl documentation uses
-WALL = _core.WAIT_FLAGS["WALL"]  # __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
+# __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
+WALL = _core.WAIT_FLAGS["WALL"]
 
 TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations are strings
 if TYPE_CHECKING:
