@@ -96,7 +96,7 @@ def _compile_c(tmp: Path, source: Path, include: str, python: bool = False) -> N
 
 
 def test_public_header_compiles_alone(tmp_path: Path) -> None:
-    _compile_c(tmp_path, HERE / "c" / "public_header.c", linux_clone.get_include())
+    _compile_c(tmp_path, HERE / "public_header.c", linux_clone.get_include())
 
 
 @pytest.mark.parametrize("header", ["_clone.h", "_spawn.h", "_entered.h"])
