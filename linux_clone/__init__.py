@@ -39,7 +39,8 @@ _core._register_nstypes(CloneFlag)
 globals().update(_core.KCMP_TYPES)
 globals().update(_core.NS_IOCTLS)
 NS_OWNER_UID = _core.NS_IOCTLS["NS_GET_OWNER_UID"]  # the name the Perl documentation uses
-WALL = _core.WAIT_ALL  # __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
+# __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
+WALL = _core.WAIT_FLAGS["WALL"]
 
 TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations are strings
 if TYPE_CHECKING:
@@ -61,6 +62,12 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     # The API, without the modules and names the implementation uses.
     return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
+
+
+def get_include() -> str:
+    """The directory of linux_clone.h, which a Cython module that cimports linux_clone._core
+    includes: put it on that module's C include path (as numpy.get_include())."""
+    return os.path.dirname(__file__)
 
 
 def _map_text(idmap: IdMap, name: str = "id map") -> bytes:
@@ -303,7 +310,7 @@ __all__ = [
     "clone", "clone3", "spawn", "entered", "configure_loopback", "kcmp", "ns_get_nstype",
     "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
     "unshare",
-    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT", "get_include",
     *CloneFlag.__members__,
     *("CLONE_" + name for name in CloneFlag.__members__),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,

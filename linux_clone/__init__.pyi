@@ -38,7 +38,7 @@ __all__ = [
     "CLONE_PARENT", "CLONE_CLEAR_SIGHAND", "CLONE_INTO_CGROUP", "CLONE_CSIGNAL", "KCMP_FILE",
     "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND", "KCMP_IO", "KCMP_SYSVSEM",
     "KCMP_EPOLL_TFD", "NS_GET_USERNS", "NS_GET_PARENT", "NS_GET_NSTYPE", "NS_GET_OWNER_UID",
-    "Popen", "run", "PIPE", "DEVNULL", "STDOUT",
+    "Popen", "run", "PIPE", "DEVNULL", "STDOUT", "get_include",
 ]
 
 class _HasFileno(Protocol):
@@ -146,6 +146,7 @@ NS_GET_OWNER_UID: int
 NS_OWNER_UID: int
 WALL: int
 
+def get_include() -> str: ...
 def unshare(flags: int) -> None: ...
 def setns(ns: _Ns, nstype: int = 0) -> None: ...
 def pivot_root(new_root: _Path, old_root: _Path) -> None: ...

@@ -1,26 +1,27 @@
 # cython: language_level=3, freethreading_compatible=True, auto_pickle=False
-"""The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, and the
-child entry of clone()/clone3()."""
+"""The compiled core of linux_clone: thin wrappers over the syscalls, one errno path, entered(),
+clone()/clone3() with their child entry, and spawn()."""
 
 import atexit
 import os
 import sys
 
-from libc.errno cimport errno, EINTR, ECHILD, ENOENT, ENOTDIR
-from libc.errno cimport EMFILE
+from libc.errno cimport errno, EINTR, ECHILD, EINVAL, EMFILE, ENOENT, ENOSYS, ENOTDIR
+from libc.limits cimport INT_MAX, UINT_MAX
 from libc.string cimport memset, strerror
 from libc.stdint cimport uint64_t
-from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.fcntl cimport open as c_open, fcntl, F_SETFD, FD_CLOEXEC, O_CLOEXEC, O_DIRECTORY, \
+    O_RDONLY
 from posix.mman cimport mmap, munmap, mprotect, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, \
     PROT_READ, PROT_WRITE, PROT_NONE
+from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
 from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
-from posix.unistd cimport close, _exit, fork, sysconf, _SC_PAGESIZE
+from posix.unistd cimport close, dup, dup2, _exit, fork, getpid, setsid, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
-from libc.limits cimport INT_MAX
 
 cdef extern from "Python.h":
     void PyOS_BeforeFork()
@@ -31,17 +32,22 @@ cdef extern from "Python.h":
     PyInterpreterState *PyInterpreterState_Main()
 
 cdef extern from "<unistd.h>" nogil:
-    int pipe2(int fds[2], int flags)
-    int __builtin_ctz(unsigned int x)
+    int execve(const char *path, char *const argv[], char *const envp[])
+    int chdir(const char *path)
+    int sethostname(const char *name, size_t length)
+    long syscall(long number, ...)
 
 cdef extern from "<signal.h>" nogil:
     const int SIGCHLD
     const int SIGKILL
     const int NSIG "_NSIG"
+    const int SIG_SETMASK
     ctypedef struct stack_t:
         void *ss_sp
         int ss_flags
         size_t ss_size
+    int sigfillset(sigset_t *s)
+    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
 
 cdef extern from "<ucontext.h>" nogil:
     ctypedef struct ucontext_t:
@@ -51,156 +57,19 @@ cdef extern from "<ucontext.h>" nogil:
     int setcontext(const ucontext_t *ucp)
     void makecontext(ucontext_t *ucp, void (*func)() noexcept nogil, int argc, ...)
 
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+              unsigned long arg5)
+    const int PR_SET_PDEATHSIG
+
+cdef extern from "<sys/stat.h>" nogil:
+    unsigned int umask(unsigned int mask)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    const long SYS_getdents64
+
 cdef extern from *:
-    """
-    #include <errno.h>
-    #include <fcntl.h>
-    #include <stdio.h>
-    #include <string.h>
-    #include <unistd.h>
-    #include <sys/socket.h>
-    #include <sys/stat.h>
-    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-    #include <sys/single_threaded.h>
-    #endif
-
-    /* True when no other thread can hold a libc lock: glibc >= 2.32 keeps
-       __libc_single_threaded false once a second thread has ever existed, so a process that
-       had threads asks procfs, whose link count of /proc/self/task is 2 + the threads alive;
-       a stat needs no free fd (an open failed with EMFILE and looked like threads). */
-    static int lc_single_threaded(void) {
-        struct stat st;
-    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-        if (__libc_single_threaded)
-            return 1;
-    #endif
-        return stat("/proc/self/task", &st) == 0 && st.st_nlink == 3;
-    }
-
-    /* 1 when the calling thread's children go to another pid namespace than its own (after
-       setns or unshare of NEWPID), 0 when not or /proc cannot tell, -1 when that namespace
-       has no init yet: after unshare(NEWPID), where procfs shows no pid_for_children. */
-    static int lc_pid_ns_moved(void) {
-        struct stat own, children;
-        if (stat("/proc/thread-self/ns/pid", &own) != 0)
-            return 0;
-        if (stat("/proc/thread-self/ns/pid_for_children", &children) != 0)
-            return errno == ENOENT ? -1 : 0;
-        return own.st_ino != children.st_ino || own.st_dev != children.st_dev;
-    }
-
-    /* The forked helper's channel to the caller (see _clone_from_fork): a seqpacket pair;
-       with `passcred` the caller's end gets each sender's pid as its own namespace numbers it
-       (SCM_CREDENTIALS: the kernel translates it between pid namespaces). */
-    static int lc_report_pair(int fds[2], int passcred) {
-        int one = 1, saved;
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == -1)
-            return -1;
-        if (passcred && setsockopt(fds[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == -1) {
-            saved = errno;
-            close(fds[0]);
-            close(fds[1]);
-            errno = saved;
-            return -1;
-        }
-        return 0;
-    }
-
-    /* One report: `value` (the helper's: the child's pid or -errno; the child's: 0), with
-       `fd` (>= 0) passed along as SCM_RIGHTS. */
-    static int lc_send_report(int sock, int value, int fd) {
-        union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } control;
-        struct iovec iov = { &value, sizeof value };
-        struct msghdr msg;
-        struct cmsghdr *cmsg;
-        ssize_t n;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (fd >= 0) {
-            memset(&control, 0, sizeof control);
-            msg.msg_control = control.buf;
-            msg.msg_controllen = sizeof control.buf;
-            cmsg = CMSG_FIRSTHDR(&msg);
-            cmsg->cmsg_level = SOL_SOCKET;
-            cmsg->cmsg_type = SCM_RIGHTS;
-            cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
-        }
-        do
-            n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-        while (n == -1 && errno == EINTR);
-        return n == sizeof value ? 0 : -1;
-    }
-
-    /* Receive one report: 1, or 0 at EOF or (without `block`) when none is queued.  *fd gets
-       the fd passed along (close-on-exec; fds[0] is left as it was otherwise), *lost is set
-       when one could not be received (no free fd: the kernel closed it), *sender is the
-       sender's pid in our pid namespace (with SO_PASSCRED). */
-    static int lc_recv_report(int sock, int block, int *value, int *fd, int *lost,
-                              pid_t *sender) {
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(2 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
-        } control;
-        struct iovec iov = { value, sizeof *value };
-        struct msghdr msg;
-        struct cmsghdr *cmsg;
-        struct ucred cred;
-        ssize_t n;
-        int got;
-        size_t i;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof control.buf;
-        do
-            n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (block ? 0 : MSG_DONTWAIT));
-        while (n == -1 && errno == EINTR);
-        if (n == -1)
-            return errno == EAGAIN ? 0 : -1;
-        if (msg.msg_flags & MSG_CTRUNC)
-            *lost = 1;
-        for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-            if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
-                for (i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-                    memcpy(&got, CMSG_DATA(cmsg) + i * sizeof(int), sizeof got);
-                    if (*fd == -1)
-                        *fd = got;
-                    else
-                        close(got);
-                }
-            } else if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS) {
-                memcpy(&cred, CMSG_DATA(cmsg), sizeof cred);
-                *sender = cred.pid;
-            }
-        }
-        return n == sizeof *value;
-    }
-
-    /* The caller's word to a gated child: go (1 byte), or none (the caller closes its end). */
-    static void lc_send_go(int sock) {
-        while (send(sock, "g", 1, MSG_NOSIGNAL) == -1 && errno == EINTR)
-            ;
-    }
-
-    static int lc_wait_go(int sock) {
-        char go;
-        ssize_t n;
-        do
-            n = recv(sock, &go, 1, 0);
-        while (n == -1 && errno == EINTR);
-        return n == 1;
-    }
-    """
-    bint lc_single_threaded() nogil
-    int lc_pid_ns_moved() nogil
-    int lc_report_pair(int fds[2], int passcred) nogil
-    int lc_send_report(int sock, int value, int fd) nogil
-    int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender) nogil
-    void lc_send_go(int sock) nogil
-    bint lc_wait_go(int sock) nogil
+    int __builtin_ctz(unsigned int x) nogil  # a compiler builtin, in no header
 
 
 # ---- constants, as the headers define them (the Python layer builds the enums) ----
@@ -226,7 +95,7 @@ NS_IOCTLS = {
     "NS_GET_USERNS": NS_GET_USERNS, "NS_GET_PARENT": NS_GET_PARENT,
     "NS_GET_NSTYPE": NS_GET_NSTYPE, "NS_GET_OWNER_UID": NS_GET_OWNER_UID,
 }
-WAIT_ALL = WALL
+WAIT_FLAGS = {"WALL": WALL}  # a dict, as `WALL = WALL` would assign the C constant
 
 # A Python child cannot share the parent's memory, signal handlers or thread identity.
 cdef unsigned long long _NOT_FOR_PYTHON = (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_SETTLS
@@ -257,30 +126,11 @@ def _register_nstypes(flag_type):
             _member_by_bit[value.bit_length() - 1] = member
 
 
-# ---- the one errno path ----
+# ---- conversions and errors ----
 
 cdef int _raise_errno(int err, object filename=None, object filename2=None) except -1:
+    """The one errno path: OSError(err) with its message, and the path(s) involved."""
     raise OSError(err, strerror(err).decode(), filename, None, filename2)
-
-
-# ---- argument conversion ----
-
-cdef class _Ns:
-    """An fd argument (a namespace, a cgroup directory): ints and fileno() objects as they
-    are, paths opened (close-on-exec) and closed again by release()."""
-    cdef int fd        # -1 until a conversion or an open succeeded
-    cdef bint owned    # fd was opened here: release() closes it
-    cdef object path   # the path argument, for OSError.filename; None for an fd
-
-    def __cinit__(self):
-        self.fd = -1
-
-    cdef int release(self) except -1:
-        if self.owned:
-            self.owned = False
-            close(self.fd)
-            self.fd = -1
-        return 0
 
 
 cdef inline object _index(object obj):
@@ -302,36 +152,29 @@ cdef bytes _fsencode(object path):
     return raw
 
 
-cdef _Ns _open_fd(object ns):
-    cdef _Ns r = _Ns.__new__(_Ns)
-    cdef bytes raw
-    if not _is_path(ns):
-        r.fd = PyObject_AsFileDescriptor(ns)
-        return r
-    raw = _fsencode(ns)
-    r.path = ns
-    r.fd = c_open(raw, O_RDONLY | O_CLOEXEC)
-    if r.fd < 0:
-        _raise_errno(errno, ns)
-    r.owned = True
-    return r
+cdef class _Opened:
+    """An fd opened for one call -- from a path argument, or entered()'s pidfd -- and closed
+    again by release()."""
+    cdef int fd        # -1 once released
+    cdef object path   # the path it was opened from, for OSError.filename; None for a pidfd
 
+    @staticmethod
+    cdef _Opened of(int fd, object path):
+        cdef _Opened opened = _Opened.__new__(_Opened)
+        opened.fd, opened.path = fd, path
+        return opened
 
-cdef int _finish(int rc, _Ns opened) except -1:
-    """After a call on an fd from _fd_of/_open_fd: close what _open_fd opened, then raise
-    from errno if the call failed (with the path, if it was one)."""
-    cdef int err = errno
-    if opened is not None:
-        opened.release()
-    if rc == -1:
-        _raise_errno(err, None if opened is None else opened.path)
-    return rc
+    cdef int release(self) except -1:
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        return 0
 
 
 cdef inline int _fd_of(object ns) except -2:
-    # The fast path of _open_fd for the common case, an int fd; -1 sends the rest there, out
-    # of range ints included, for _open_fd's ValueError or OverflowError.  On an exact int
-    # PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
+    # _fd_arg's fast path, for the common case, an int fd; -1 sends the rest on, out of range
+    # ints included, for PyObject_AsFileDescriptor's ValueError or OverflowError.  On an exact
+    # int PyLong_AsLongAndOverflow does not raise (an overflow only sets the flag); were it to,
     # the error would propagate rather than become an fd.
     cdef int overflow
     cdef long value
@@ -342,7 +185,36 @@ cdef inline int _fd_of(object ns) except -2:
     return -1
 
 
-# ---- the wrappers: convert, call, check ----
+cdef inline _Opened _fd_arg(object arg, int *fd):
+    """The fd of a namespace or cgroup argument, in *fd: an int or an object with fileno() as
+    it is (None returned); a path opened close-on-exec, returned to be closed by _finish or
+    release()."""
+    cdef bytes raw
+    fd[0] = _fd_of(arg)
+    if fd[0] >= 0:
+        return None
+    if not _is_path(arg):
+        fd[0] = PyObject_AsFileDescriptor(arg)
+        return None
+    raw = _fsencode(arg)
+    fd[0] = c_open(raw, O_RDONLY | O_CLOEXEC)
+    if fd[0] < 0:
+        _raise_errno(errno, arg)
+    return _Opened.of(fd[0], arg)
+
+
+cdef int _finish(int rc, _Opened opened) except -1:
+    """After a call on an fd from _fd_arg: close what it opened, then raise from errno if the
+    call failed (with the path, if it was one)."""
+    cdef int err = errno
+    if opened is not None:
+        opened.release()
+    if rc == -1:
+        _raise_errno(err, None if opened is None else opened.path)
+    return rc
+
+
+# ---- the namespace calls: convert, call, check ----
 
 def unshare(flags):
     """Move the calling thread into new namespaces (and unshare state), as unshare(2).
@@ -367,11 +239,8 @@ def setns(ns, nstype=0):
     nstype: 0 for any type, else the CloneFlag NEW* bit(s) the namespace must have.
     """
     cdef int c_nstype = _index(nstype)
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     if c_nstype == 0 or c_nstype & _MAY_BLOCK_ENTER:
         with nogil:
             rc = sys_setns(fd, c_nstype)
@@ -441,11 +310,8 @@ def configure_loopback():
 
 
 cdef int _ns_ioctl(object ns, unsigned long request) except -1:
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     rc = lc_ns_ioctl(fd, request)
     _finish(rc, opened)
     return rc
@@ -487,14 +353,22 @@ def ns_get_owner_uid(ns):
     ns: an fd, an object with fileno(), or a path of a user namespace file.
     """
     cdef uid_t uid
-    cdef int rc, fd = _fd_of(ns)
-    cdef _Ns opened = None
-    if fd < 0:
-        opened = _open_fd(ns)
-        fd = opened.fd
+    cdef int rc, fd
+    cdef _Opened opened = _fd_arg(ns, &fd)
     rc = lc_ns_get_owner_uid(fd, &uid)
     _finish(rc, opened)
     return uid
+
+
+def pidfd_open(pid, flags=0):
+    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2).
+
+    pid: a process id.  flags: 0 or os.O_NONBLOCK.
+    """
+    cdef int fd = sys_pidfd_open(_index(pid), _index(flags))
+    if fd == -1:
+        _raise_errno(errno)
+    return fd
 
 
 cdef extern from "_entered.h" nogil:
@@ -630,22 +504,17 @@ cdef class entered:
         return 0 if rc == 0 else err
 
     def __enter__(self):
-        cdef _Ns target = None
+        cdef _Opened target
         cdef int rc, fd, types = self.nstype
         if self.active:
             raise RuntimeError("this entered() is already active; make one per use")
         if self.by_pid:
-            target = _Ns.__new__(_Ns)
-            target.fd = sys_pidfd_open(self.pid, 0)
-            if target.fd == -1:
+            fd = sys_pidfd_open(self.pid, 0)
+            if fd == -1:
                 _raise_errno(errno)
-            target.owned = True
-            fd = target.fd
+            target = _Opened.of(fd, None)
         else:
-            fd = _fd_of(self.ns)
-            if fd < 0:
-                target = _open_fd(self.ns)
-                fd = target.fd
+            target = _fd_arg(self.ns, &fd)
         self.count = 0
         try:
             if types == 0:
@@ -692,48 +561,28 @@ cdef class entered:
         _raise_errno(failure, path)
 
 
-def pidfd_open(pid, flags=0):
-    """A pidfd (close-on-exec) for process `pid`, as pidfd_open(2).
-
-    pid: a process id.  flags: 0 or os.O_NONBLOCK.
-    """
-    cdef int fd = sys_pidfd_open(_index(pid), _index(flags))
-    if fd == -1:
-        _raise_errno(errno)
-    return fd
-
-
 # ---- clone: the parent side ----
 
 cdef size_t _page_size = <size_t>sysconf(_SC_PAGESIZE)
 
-cdef extern from *:
-    """
-    /* In an ASan build (LINUX_CLONE_SANITIZE=ON) only; no-ops otherwise.
-       lc_unpoison: a new stack starts with clean shadow.  A spawn child shares the parent's
-       memory, shadow included, and never returns from its frames (it execs or _exits), so
-       their poisoning outlives it and a later mmap at the same address inherited it.
-       lc_stack_switch_*: a clone child's move to its dedicated stack, told to ASan as a
-       one-way fiber switch; else ASan keeps the old stack's bounds, and its vfork and
-       no-return handling poison or unpoison the wrong range (subprocess in such a child
-       died of SIGSEGV). */
-    #if defined(__SANITIZE_ADDRESS__)
-    #include <sanitizer/asan_interface.h>
-    #include <sanitizer/common_interface_defs.h>
-    #define lc_unpoison(addr, size) __asan_unpoison_memory_region((addr), (size))
-    #define lc_stack_switch_start(bottom, size) \
-        __sanitizer_start_switch_fiber(NULL, (bottom), (size))
-    #define lc_stack_switch_finish() __sanitizer_finish_switch_fiber(NULL, NULL, NULL)
-    #else
-    #define lc_unpoison(addr, size) ((void)(addr), (void)(size))
-    #define lc_stack_switch_start(bottom, size) ((void)(bottom), (void)(size))
-    #define lc_stack_switch_finish() ((void)0)
-    #endif
-    """
-    void lc_unpoison(void *addr, size_t size) nogil
-    void lc_stack_switch_start(const void *bottom, size_t size) nogil
-    void lc_stack_switch_finish() nogil
+cdef extern from "_clone.h" nogil:
+    # Whether the caller may clone directly, and the forked helper's channel when it may not.
+    bint lc_single_threaded()
+    int lc_pid_ns_moved()
+    int lc_report_pair(int fds[2], int passcred)
+    int lc_send_report(int sock, int value, int fd)
+    int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender)
+    void lc_send_go(int sock)
+    bint lc_wait_go(int sock)
+    # The child's stack as AddressSanitizer must see it (no-ops without ASan).
+    void lc_unpoison(void *addr, size_t size)
+    void lc_stack_switch_start(const void *bottom, size_t size)
+    void lc_stack_switch_finish()
 
+cdef extern from "_clone.h":
+    # The interpreter's recursion bounds, fitted to the child's dedicated stack.
+    const size_t LC_MIN_STACK_SIZE
+    int lc_fit_recursion(char *base, size_t size) except -1
 
 # The smallest dedicated stack, for the running CPython: the reserve for the parser and
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
@@ -783,6 +632,12 @@ cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *
     return sys_clone_fork(<unsigned long>(flags | <unsigned int>exit_signal), pidfd)
 
 
+cdef void _reap(pid_t pid) noexcept nogil:
+    cdef int status
+    while waitpid(pid, &status, 0) == -1 and errno == EINTR:
+        pass
+
+
 cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_args *args,
                             bint pid_ns_moved, int *pidfd, int *err) noexcept nogil:
     """Clone as safely as fork() in a threaded process.
@@ -798,45 +653,23 @@ cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_
     in the child, the pid or -1 (with *err) in the parent.
     """
     cdef int fds[2]
-    cdef int value = 0, report, status, lost = 0
-    cdef pid_t helper, sender, pid = 0
-    cdef bint gated = pid_ns_moved or (flags & CLONE_PIDFD) != 0, heard_child = False
+    cdef int value, lost = 0
+    cdef pid_t helper, pid = 0
+    cdef bint gated = pid_ns_moved or (flags & CLONE_PIDFD) != 0
     if lc_report_pair(fds, pid_ns_moved) == -1:
         err[0] = errno
         return -1
     helper = fork()
     if helper == 0:
         close(fds[0])  # the child must not hold it; and room for the pidfd with a full table
-        pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args, pidfd)
-        if pid == 0:
-            if pid_ns_moved and lc_send_report(fds[1], 0, -1) == -1:
-                _exit(127)
-            if gated and not lc_wait_go(fds[1]):
-                _exit(127)
-            close(fds[1])
-            return 0
-        lc_send_report(fds[1], pid if pid > 0 else -errno, pidfd[0] if pid > 0 else -1)
-        _exit(0)
+        return _helper_clone(flags, exit_signal, args, pid_ns_moved, gated, fds[1], pidfd)
     err[0] = errno
     close(fds[1])
     if helper == -1:
         close(fds[0])
         return -1
-    while waitpid(helper, &status, 0) == -1 and errno == EINTR:
-        pass
-    # The helper is gone, so its report is queued if it made one; only the child's may still
-    # be on its way, and is waited for (the child sends it before anything else, or dies).
-    while value == 0 or (pid_ns_moved and value > 0 and not heard_child):
-        report = sender = 0
-        if lc_recv_report(fds[0], pid_ns_moved and not heard_child, &report, pidfd, &lost,
-                          &sender) != 1:
-            break
-        if report != 0:
-            value = report
-        else:
-            heard_child, pid = True, sender
-    if not pid_ns_moved and value > 0:
-        pid = value
+    _reap(helper)
+    value = _read_reports(fds[0], pid_ns_moved, pidfd, &lost, &pid)
     if value > 0 and pid > 0 and not lost:
         if gated:
             lc_send_go(fds[0])
@@ -848,115 +681,162 @@ cdef pid_t _clone_from_fork(unsigned long long flags, int exit_signal, lc_clone_
         pidfd[0] = -1
     close(fds[0])  # a gated child now exits without running anything
     if value > 0 and pid > 0:
-        while waitpid(pid, &status, 0) == -1 and errno == EINTR:
-            pass
+        _reap(pid)
     return -1
 
 
-cdef extern from *:
-    """
-    /* CPython bounds recursion for the stack of the thread it runs on, which the clone child
-       has just left for its dedicated stack [base, base + size): fit the bounds to that.
-       Measured on x86-64 on the main thread with the default limits (README, "Stacks"):
-
-       LC_RESERVE is kept free for C recursion that no recursion check of the running thread
-       bounds: on 3.9-3.13 the parser stops at its own MAXSTACK (6000 levels, 750-850 KB;
-       3.14's checks the stack pointer too), and on 3.9-3.11 every f-string nested in an
-       f-string is parsed by a parser of its own while the outer one waits, up to 5 at once
-       by the quote kinds (4.2 MB on 3.9, 3.7 MB on 3.10-3.11).  Nested iterators
-       (itertools.chain: 3000 levels take 90 KB, 280 KB on 3.13, 800 KB on 3.14) are
-       checked by nothing, even on the main thread; the reserve holds 3000 levels.
-
-       3.9-3.13 count recursion levels; the rest of the stack gets one level per
-       LC_LEVEL_BYTES, less the 50 levels CPython grants past the limit to handle the
-       RecursionError.  The most C stack per counted level is a key function called by
-       sorted(), whose list.sort holds a 5 KB merge state: 1.7 KB on 3.9-3.10, 2.4 KB on
-       3.11, 1.6 KB on 3.12, 1.3 KB on 3.13.  3.14 checks the stack pointer against bounds
-       of its own: it gets the stack minus the reserve.
-
-       The smallest stack holds LC_MIN_LEVELS besides the reserve: what runs on the main
-       thread runs there too -- import json, subprocess, multiprocessing, re.compile of 100
-       nested groups (209 levels on 3.9-3.11); pickle.dumps of a 500-deep list and
-       json.loads of 1000-deep arrays (1004 C levels on 3.12-3.13; on 3.9-3.11 they pass the
-       limit of 1000 on the main thread too). */
-    #if PY_VERSION_HEX >= 0x030E0000 && PY_VERSION_HEX < 0x030E0100
-    /* 3.14.0 only: no API to set the bounds yet (3.14.1 added one), so set the fields of the
-       thread state that it reads, as 3.14.1's PyUnstable_ThreadState_SetStackProtection does. */
-    #  define Py_BUILD_CORE 1
-    #  include "internal/pycore_tstate.h"
-    #  include "internal/pycore_pythonrun.h"
-    #  undef Py_BUILD_CORE
-    #endif
-    #define LC_HEADROOM 50
-    #if PY_VERSION_HEX >= 0x030E0000
-    #  define LC_RESERVE (1280 * 1024)
-    #  define LC_MIN_CHECKED (512 * 1024)
-    #elif PY_VERSION_HEX >= 0x030C0000
-    #  define LC_RESERVE (1024 * 1024)
-    #  define LC_LEVEL_BYTES 2048
-    #  define LC_MIN_LEVELS 1100
-    #else
-    #  define LC_RESERVE (5 * 1024 * 1024)
-    #  if PY_VERSION_HEX >= 0x030B0000
-    #    define LC_LEVEL_BYTES 3072
-    #  else
-    #    define LC_LEVEL_BYTES 2048
-    #  endif
-    #  define LC_MIN_LEVELS 300
-    #endif
-    #ifndef LC_MIN_CHECKED
-    #  define LC_MIN_CHECKED ((LC_MIN_LEVELS + LC_HEADROOM) * LC_LEVEL_BYTES)
-    #endif
-    /* In whole 256 KiB. */
-    #define LC_MIN_STACK_SIZE \\
-        ((LC_RESERVE + LC_MIN_CHECKED + (256 * 1024 - 1)) / (256 * 1024) * (256 * 1024))
-
-    static int lc_fit_recursion(char *base, size_t size) {
-        PyThreadState *ts = PyThreadState_Get();
-    #if PY_VERSION_HEX >= 0x030E0100
-        return PyUnstable_ThreadState_SetStackProtection(ts, base + LC_RESERVE,
-                                                         size - LC_RESERVE);
-    #elif PY_VERSION_HEX >= 0x030E0000
-        _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
-        impl->c_stack_top = (uintptr_t)base + size;
-        impl->c_stack_hard_limit = (uintptr_t)base + LC_RESERVE + _PyOS_STACK_MARGIN_BYTES;
-        impl->c_stack_soft_limit = (uintptr_t)base + LC_RESERVE + 2 * _PyOS_STACK_MARGIN_BYTES;
-        return 0;
-    #else
-        int budget = (int)((size - LC_RESERVE) / LC_LEVEL_BYTES) - LC_HEADROOM;
-    #  if PY_VERSION_HEX >= 0x030C0000
-        /* 3.12, 3.13: C levels have a count of their own (Python calls take no C stack). */
-        if (ts->c_recursion_remaining > budget)
-            ts->c_recursion_remaining = budget;
-    #  else
-        /* 3.9-3.11: one count for Python frames and C levels, the recursion limit; the levels
-           already entered (on the stack left behind) stay counted. */
-    #    if PY_VERSION_HEX >= 0x030B0000
-        int depth = ts->recursion_limit - ts->recursion_remaining;
-    #    else
-        int depth = ts->recursion_depth;
-    #    endif
-        if (Py_GetRecursionLimit() - depth > budget)
-            Py_SetRecursionLimit(depth + budget);
-    #  endif
-        return 0;
-    #endif
-    }
-    """
-    const size_t LC_MIN_STACK_SIZE
-    int lc_fit_recursion(char *base, size_t size) except -1
+cdef pid_t _helper_clone(unsigned long long flags, int exit_signal, lc_clone_args *args,
+                         bint pid_ns_moved, bint gated, int sock, int *pidfd) noexcept nogil:
+    """The forked helper of _clone_from_fork: clone, report on `sock` and _exit; returns 0 only
+    in the child, once it has reported itself (pid_ns_moved) and had the word to go (gated)."""
+    cdef pid_t pid = _raw_clone(flags | CLONE_PARENT, 0 if args != NULL else exit_signal, args,
+                                pidfd)
+    if pid == 0:
+        if pid_ns_moved and lc_send_report(sock, 0, -1) == -1:
+            _exit(127)
+        if gated and not lc_wait_go(sock):
+            _exit(127)
+        close(sock)
+        return 0
+    lc_send_report(sock, pid if pid > 0 else -errno, pidfd[0] if pid > 0 else -1)
+    _exit(0)
 
 
-cdef void _child_on_stack() noexcept nogil:
-    lc_stack_switch_finish()
-    with gil:
+cdef int _read_reports(int sock, bint pid_ns_moved, int *pidfd, int *lost,
+                       pid_t *pid) noexcept nogil:
+    """The helper's report, returned (the child's pid or -errno; 0: none), and with
+    pid_ns_moved the child's own, whose sender is the child's pid as we number it (*pid)."""
+    cdef int value = 0, report
+    cdef pid_t sender
+    cdef bint heard_child = False
+    # The helper is gone, so its report is queued if it made one; only the child's may still
+    # be on its way, and is waited for (the child sends it before anything else, or dies).
+    while value == 0 or (pid_ns_moved and value > 0 and not heard_child):
+        report = sender = 0
+        if lc_recv_report(sock, pid_ns_moved and not heard_child, &report, pidfd, lost,
+                          &sender) != 1:
+            break
+        if report != 0:
+            value = report
+        else:
+            heard_child, pid[0] = True, sender
+    if not pid_ns_moved and value > 0:
+        pid[0] = value
+    return value
+
+
+cdef int _check_clone(object func, Py_ssize_t stack_size, unsigned long long flags,
+                      int exit_signal) except -1:
+    """What clone() and clone3() refuse before anything else."""
+    if not callable(func):
+        raise TypeError(f"func must be callable, not {type(func).__name__}")
+    if stack_size < 0 or 0 < stack_size < MIN_STACK_SIZE:
+        raise ValueError(f"stack_size is 0 (the caller's stack) or at least {MIN_STACK_SIZE}")
+    if flags & _NOT_FOR_PYTHON:
+        raise ValueError("VM, THREAD, SIGHAND, SETTLS, PARENT_SETTID, CHILD_SETTID and "
+                         "CHILD_CLEARTID cannot carry a Python child; use the C-level API "
+                         "of linux_clone._core")
+    if exit_signal < 0 or exit_signal >= NSIG:
+        raise ValueError(f"exit signal {exit_signal} is not a signal number")
+    if PyInterpreterState_Get() != PyInterpreterState_Main():
+        raise RuntimeError("clone() is not supported in subinterpreters")
+    return 0
+
+
+cdef enum _Way:
+    WAY_DIRECT, WAY_FROM_FORK, WAY_FROM_FORK_PID_NS_MOVED   # how _clone makes the child
+
+
+cdef int _way(unsigned long long flags, int exit_signal) except -1:
+    """Directly, or (with other threads running) from a forked helper, which must then be
+    able to give the flags their meaning.  Decided only after PyOS_BeforeFork, which may wait
+    for the import lock and let other threads run."""
+    cdef int pid_ns_moved
+    if lc_single_threaded():
+        return WAY_DIRECT
+    if flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD:
+        raise RuntimeError(
+            "with other threads running, clone() can only make a child that exits with "
+            "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
+            "it clones from a forked helper, so that no lock another thread holds is "
+            "inherited; clone before starting threads, or use the C-level API")
+    pid_ns_moved = lc_pid_ns_moved()
+    if pid_ns_moved == -1:
+        raise RuntimeError(
+            "after unshare(NEWPID), with other threads running, clone() cannot make the init "
+            "of the new pid namespace: it clones from a forked helper, which would become that "
+            "init; clone before starting threads, or pass NEWPID to clone() instead")
+    return WAY_FROM_FORK_PID_NS_MOVED if pid_ns_moved else WAY_FROM_FORK
+
+
+cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
+                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
+    """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
+    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
+    opened for this call, which the child closes first (the caller closes its own)."""
+    global _child_func, _child_stack, _child_stack_size, _child_close_fd
+    cdef _Stack stack = None
+    cdef int way, pidfd = -1, err = 0
+    cdef pid_t pid
+    _check_clone(func, stack_size, flags, exit_signal)
+    if stack_size > 0:
+        stack = _Stack(stack_size)
+    # What the parent has buffered must not be written again by the child.
+    for stream in (sys.stdout, sys.stderr):
         try:
-            lc_fit_recursion(_child_stack, _child_stack_size)
-        except BaseException:
-            sys.excepthook(*sys.exc_info())
-            _exit(1)
-        _child_main(_child_func)
+            stream.flush()
+        except Exception:
+            pass
+    PyOS_BeforeFork()
+    try:
+        way = _way(flags, exit_signal)
+    except BaseException:
+        PyOS_AfterFork_Parent()
+        raise
+    _child_func = func
+    _child_stack = stack.base + _page_size if stack is not None else NULL
+    _child_stack_size = stack.length - _page_size if stack is not None else 0
+    # With a shared fd table the caller's close is the only one.
+    _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
+    if way == WAY_DIRECT:
+        pid = _raw_clone(flags, exit_signal, args, &pidfd)
+        err = errno
+    else:
+        pid = _clone_from_fork(flags, exit_signal, args, way == WAY_FROM_FORK_PID_NS_MOVED, &pidfd,
+                               &err)
+    if pid == 0:
+        _child_start()
+    # Cleared while the fork lock is still held: in a free-threaded build another thread's
+    # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
+    _child_func = None
+    PyOS_AfterFork_Parent()
+    if pid == -1:
+        _raise_errno(err)
+    if flags & CLONE_PIDFD:
+        return (pid, pidfd)
+    return pid
 
+
+def clone(func, stack_size=0, flags=SIGCHLD):
+    """Create a child process as clone(2) does and call func() in it; return its pid
+    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone adds the id maps."""
+    cdef unsigned long long c_flags = _index(flags)
+    cdef unsigned long long ns_flags = c_flags & ~CSIGNAL
+    cdef int exit_signal = <int>(c_flags & CSIGNAL & ~CLONE_NEWTIME)
+    cdef lc_clone_args args
+    if c_flags & CLONE_INTO_CGROUP:
+        raise ValueError("INTO_CGROUP goes with a cgroup: use clone3(func, cgroup=...)")
+    if c_flags & CLONE_NEWTIME or c_flags >> 32:
+        # Legacy clone(2) reads bit 0x80 as part of the exit signal and drops the high 32
+        # bits; only clone3 can say them (and refuses the ones it does not know).
+        memset(&args, 0, sizeof(args))
+        return _clone(func, _index(stack_size),
+                      (ns_flags | (c_flags & CLONE_NEWTIME)) & ~CLONE_DETACHED,
+                      exit_signal, &args)
+    return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL)
+
+
+# ---- clone: the child side ----
 
 cdef void _child_start() noexcept:
     """First code of the child: the interpreter's after-fork work, then func()."""
@@ -984,95 +864,80 @@ cdef void _child_start() noexcept:
     _child_main(func)
 
 
-cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
-                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
-    """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
-    the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
-    opened for this call, which the child closes first (the caller closes its own)."""
-    global _child_func, _child_stack, _child_stack_size, _child_close_fd
-    cdef _Stack stack = None
-    cdef int pidfd = -1, err = 0, pid_ns_moved
-    cdef pid_t pid
-    cdef bint want_pidfd = (flags & CLONE_PIDFD) != 0
-    if not callable(func):
-        raise TypeError(f"func must be callable, not {type(func).__name__}")
-    if stack_size < 0 or 0 < stack_size < MIN_STACK_SIZE:
-        raise ValueError(f"stack_size is 0 (the caller's stack) or at least {MIN_STACK_SIZE}")
-    if flags & _NOT_FOR_PYTHON:
-        raise ValueError("VM, THREAD, SIGHAND, SETTLS, PARENT_SETTID, CHILD_SETTID and "
-                         "CHILD_CLEARTID cannot carry a Python child; use the C-level API "
-                         "of linux_clone._core")
-    if exit_signal < 0 or exit_signal >= NSIG:
-        raise ValueError(f"exit signal {exit_signal} is not a signal number")
-    if PyInterpreterState_Get() != PyInterpreterState_Main():
-        raise RuntimeError("clone() is not supported in subinterpreters")
-    if stack_size > 0:
-        stack = _Stack(stack_size)
-    # What the parent has buffered must not be written again by the child.
-    for stream in (sys.stdout, sys.stderr):
+cdef void _child_on_stack() noexcept nogil:
+    lc_stack_switch_finish()
+    with gil:
         try:
-            stream.flush()
-        except Exception:
-            pass
-    PyOS_BeforeFork()
-    # Decided and set only now: PyOS_BeforeFork may wait for the import lock and let other
-    # threads run.
-    direct = lc_single_threaded()
-    if not direct and (flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD):
-        PyOS_AfterFork_Parent()
-        raise RuntimeError(
-            "with other threads running, clone() can only make a child that exits with "
-            "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
-            "it clones from a forked helper, so that no lock another thread holds is "
-            "inherited; clone before starting threads, or use the C-level API")
-    pid_ns_moved = 0 if direct else lc_pid_ns_moved()
-    if pid_ns_moved == -1:
-        PyOS_AfterFork_Parent()
-        raise RuntimeError(
-            "after unshare(NEWPID), with other threads running, clone() cannot make the init "
-            "of the new pid namespace: it clones from a forked helper, which would become that "
-            "init; clone before starting threads, or pass NEWPID to clone() instead")
-    _child_func = func
-    _child_stack = stack.base + _page_size if stack is not None else NULL
-    _child_stack_size = stack.length - _page_size if stack is not None else 0
-    # With a shared fd table the caller's close is the only one.
-    _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
-    if direct:
-        pid = _raw_clone(flags, exit_signal, args, &pidfd)
-        err = errno
-    else:
-        pid = _clone_from_fork(flags, exit_signal, args, pid_ns_moved, &pidfd, &err)
-    if pid == 0:
-        _child_start()
-    # Cleared while the fork lock is still held: in a free-threaded build another thread's
-    # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
-    _child_func = None
-    PyOS_AfterFork_Parent()
-    if pid == -1:
-        _raise_errno(err)
-    if want_pidfd:
-        return (pid, pidfd)
-    return pid
+            lc_fit_recursion(_child_stack, _child_stack_size)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            _exit(1)
+        _child_main(_child_func)
 
 
-def clone(func, stack_size=0, flags=SIGCHLD):
-    """Create a child process as clone(2) does and call func() in it; return its pid
-    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone adds the id maps."""
-    cdef unsigned long long c_flags = _index(flags)
-    cdef unsigned long long ns_flags = c_flags & ~CSIGNAL
-    cdef int exit_signal = <int>(c_flags & CSIGNAL & ~CLONE_NEWTIME)
-    cdef lc_clone_args args
-    if c_flags & CLONE_INTO_CGROUP:
-        raise ValueError("INTO_CGROUP goes with a cgroup: use clone3(func, cgroup=...)")
-    if c_flags & CLONE_NEWTIME or c_flags >> 32:
-        # Legacy clone(2) reads bit 0x80 as part of the exit signal and drops the high 32
-        # bits; only clone3 can say them (and refuses the ones it does not know).
-        memset(&args, 0, sizeof(args))
-        return _clone(func, _index(stack_size),
-                      (ns_flags | (c_flags & CLONE_NEWTIME)) & ~CLONE_DETACHED,
-                      exit_signal, &args)
-    return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL)
+cdef int _exit_status(object code) noexcept:
+    """The exit status for None or an int, as the interpreter's top level passes
+    `sys.exit(code)` to exit(): (int)PyLong_AsLong(code), -1 (255) when it overflows a long."""
+    if code is None:
+        return 0
+    try:
+        return <int>PyLong_AsLong(code)
+    except OverflowError:
+        return -1
 
+
+cdef void _report_exception() noexcept:
+    """Print the exception being handled, as the top level does; a failing hook is ignored."""
+    try:
+        sys.excepthook(*sys.exc_info())
+    except BaseException:
+        pass
+
+
+cdef void _child_main(object func) noexcept:
+    """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
+    (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
+    non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
+    registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
+    cdef int status = 1
+    try:
+        try:
+            atexit._clear()
+            code = func()
+        except SystemExit as exc:
+            code = exc.code
+            if code is not None and not PyLong_Check(code):
+                print(code, file=sys.stderr)
+                code = 1
+        else:
+            if code is not None and not PyLong_Check(code):
+                raise TypeError(f"clone child returned {type(code).__name__}, "
+                                f"not an int or None")
+        status = _exit_status(code)
+    except BaseException:
+        status = 1
+        _report_exception()
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except BaseException:
+        _report_exception()
+    try:
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass  # printed already (3.9 raises the last one again, too)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+    finally:
+        _exit(status)
+
+
+# ---- clone3 ----
 
 MAX_PID_NS_LEVEL = 32  # the kernel's limit on nested pid namespaces, so on set_tid's length
 
@@ -1086,7 +951,8 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
     cdef lc_clone_args args
     cdef pid_t tids[32]
     cdef Py_ssize_t i, n
-    cdef _Ns group = None
+    cdef int group_fd
+    cdef _Opened group = None
     if not isinstance(set_tid, (list, tuple)):
         raise TypeError(f"set_tid must be a list or tuple, not {type(set_tid).__name__}")
     set_tid = tuple(set_tid)  # the items' __index__ may change a list under us
@@ -1108,14 +974,14 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
         args.set_tid = <uint64_t>tids
         args.set_tid_size = <uint64_t>n
     if cgroup is not None:
-        group = _open_fd(cgroup)
-        args.cgroup = <uint64_t>group.fd
+        group = _fd_arg(cgroup, &group_fd)
+        args.cgroup = <uint64_t>group_fd
         c_flags |= CLONE_INTO_CGROUP
     try:
         return _clone(func, c_stack_size, c_flags, c_exit_signal, &args,
-                      group.fd if group is not None and group.path is not None else -1)
+                      group.fd if group is not None else -1)
     except OSError as exc:
-        if group is None or group.path is None or exc.filename is not None:
+        if group is None or exc.filename is not None:
             raise
         raise OSError(exc.errno, exc.strerror, group.path) from None
     finally:
@@ -1125,114 +991,28 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
 
 # ---- spawn: a program in new namespaces, vfork-style ----
 
-from libc.errno cimport ENOSYS, EINVAL
-from libc.limits cimport UINT_MAX
-from posix.fcntl cimport fcntl, F_SETFD, FD_CLOEXEC, O_DIRECTORY
-from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
-from posix.unistd cimport getpid, dup, dup2, setsid
-
-cdef extern from *:
-    """
-    #include <linux/futex.h>
-    #include <poll.h>
-    #include <signal.h>
-    #include <sys/syscall.h>
-    #include <unistd.h>
-    /* A spawn child shares the parent's memory, so none of the parent's signal handlers may
-       run in it: every caught signal goes back to SIG_DFL, then the parent's mask returns,
-       as in posix_spawn.  SIGPIPE and SIGXFSZ, which Python ignores, go back to SIG_DFL too,
-       as subprocess's restore_signals does.  glibc's internal signals (32 up to SIGRTMIN)
-       are left alone. */
-    static inline void lc_reset_signals(const sigset_t *mask) {
-        struct sigaction sa;
-        int sig;
-        for (sig = 1; sig < _NSIG; sig++) {
-            if (sig >= 32 && sig < SIGRTMIN)
-                continue;
-            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
-                    && (sa.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
-                memset(&sa, 0, sizeof sa);
-                sa.sa_handler = SIG_DFL;
-                sigaction(sig, &sa, NULL);
-            }
-        }
-        sigprocmask(SIG_SETMASK, mask, NULL);
-    }
-
-    /* Futex words shared by the parent and a spawn child with id maps, in place of pipes:
-       any process forked meanwhile by another thread would hold a copy of a pipe's ends.
-       Shared (not _PRIVATE) futexes, as the kernel's CLONE_CHILD_CLEARTID wake is one.
-       All signals are blocked around both waits, so only a wake or a changed word ends
-       them; and neither side's futex call fails while the other may read errno, which the
-       child shares with the parent's thread (it has no TLS of its own). */
-    static inline void lc_futex_wait_while(int *word, int value) {
-        while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
-            syscall(SYS_futex, word, FUTEX_WAIT, value, NULL, NULL, 0);
-    }
-    static inline void lc_futex_set(int *word, int value) {
-        __atomic_store_n(word, value, __ATOMIC_RELEASE);
-        syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
-    }
-
-    /* Whether the parent of a spawn child died before PR_SET_PDEATHSIG was armed: its pidfd
-       is readable once it has exited.  Without pidfds (Linux < 5.3), getppid() tells outside
-       a new pid namespace; inside one it is 0 either way. */
-    static inline int lc_parent_gone(int pidfd, pid_t parent, int newpid) {
-        struct pollfd p;
-        if (pidfd < 0)
-            return !newpid && getppid() != parent;
-        p.fd = pidfd;
-        p.events = POLLIN;
-        p.revents = 0;
-        return poll(&p, 1, 0) != 0;
-    }
-
-    #ifndef CLOSE_RANGE_CLOEXEC
-    #define CLOSE_RANGE_CLOEXEC (1U << 2)   /* Linux 5.11 */
-    #endif
-    static inline int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) {
-    #ifdef SYS_close_range
-        return (int)syscall(SYS_close_range, first, last, flags);
-    #else
-        errno = ENOSYS;
-        return -1;
-    #endif
-    }
-    """
-    void lc_reset_signals(const sigset_t *mask) nogil
-    void lc_futex_wait_while(int *word, int value) nogil
-    void lc_futex_set(int *word, int value) nogil
-    bint lc_parent_gone(int pidfd, pid_t parent, bint newpid) nogil
+cdef extern from "_spawn.h" nogil:
+    void lc_reset_signals(const sigset_t *mask)
+    void lc_futex_wait_while(int *word, int value)
+    void lc_futex_set(int *word, int value)
+    bint lc_parent_gone(int pidfd, pid_t parent, bint newpid)
     const unsigned int CLOSE_RANGE_CLOEXEC
-    int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) nogil
-    long syscall(long number, ...) nogil
-    const long SYS_getdents64
-
-cdef extern from "<signal.h>" nogil:
-    int sigfillset(sigset_t *s)
-    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
-    const int SIG_SETMASK
-
-cdef extern from "<sys/prctl.h>" nogil:
-    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
-              unsigned long arg5)
-    const int PR_SET_PDEATHSIG
-
-cdef extern from "<sys/stat.h>" nogil:
-    unsigned int umask(unsigned int mask)
-
-cdef extern from "<unistd.h>" nogil:
-    int execve(const char *path, char *const argv[], char *const envp[])
-    int chdir(const char *path)
-    int sethostname(const char *name, size_t length)
+    int lc_close_range(unsigned int first, unsigned int last, unsigned int flags)
 
 
-cdef enum _Stage:
-    STAGE_NONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_FDS, STAGE_CWD,
+SPAWN_STACK_SIZE = 64 * 1024
+HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
+cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
+                                        | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
+                                        | CLONE_NEWTIME | CLONE_PIDFD)
+
+
+cdef enum _Stage:  # the step that failed: the parent's clone, or one of the child's
+    STAGE_CLONE, STAGE_MAPS, STAGE_TIME, STAGE_HOSTNAME, STAGE_LOOPBACK, STAGE_FDS, STAGE_CWD,
     STAGE_SETSID, STAGE_EXEC
 
 # What the child was doing when a stage failed, for the OSError's message.
-cdef tuple _STAGE_STEPS = (None, "waiting for its id maps", "unshare(CLONE_NEWTIME)",
+cdef tuple _STAGE_STEPS = ("clone", "waiting for its id maps", "unshare(CLONE_NEWTIME)",
                            "sethostname", "bringing up lo", "pass_fds and stdin/stdout/stderr",
                            "chdir", "setsid", "execve")
 
@@ -1311,6 +1091,205 @@ cdef class _Fds:
     def __dealloc__(self):
         PyMem_Free(self.array)
 
+
+cdef class _Spawn:
+    """One spawn(): the request its child reads (from the memory they share), and the objects
+    the request points into, alive until the child has exec'd or exited."""
+    cdef _SpawnRequest req
+    cdef _CStrings argv, envp, paths
+    cdef bytes cwd, hostname
+    cdef _Fds keep
+    cdef _Stack stack
+
+    cdef int prepare(self, object argv, object env, object cwd, object hostname) except -1:
+        """Convert argv, env, cwd and hostname, each once (an __fspath__ or a mapping may
+        answer differently the next time): the program searched for is the argv[0] passed."""
+        cdef bytes c_cwd, c_hostname
+        self.argv = _CStrings(argv)
+        environ = _environ(env)
+        self.envp = _CStrings([k + b"=" + v for k, v in environ])
+        program = self.argv.items[0]
+        dirs = [b""] if b"/" in program else _exec_path(environ)
+        self.paths = _CStrings([os.path.join(d, program) for d in dirs])
+        self.req.argv, self.req.envp = self.argv.array, self.envp.array
+        self.req.paths = self.paths.array
+        if cwd is not None:
+            c_cwd = self.cwd = _fsencode(cwd)
+            self.req.cwd = c_cwd
+        if hostname is not None:
+            c_hostname = self.hostname = _fsencode(hostname)
+            if len(c_hostname) > HOST_NAME_MAX:
+                raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
+                                 f"{HOST_NAME_MAX}")
+            self.req.hostname, self.req.hostname_len = c_hostname, len(c_hostname)
+        return 0
+
+    cdef int fd_options(self, object stdio, object pass_fds, bint close_fds,
+                        bint start_new_session, object umask) except -1:
+        """stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
+        cdef int i
+        self.keep = _Fds(pass_fds)
+        self.req.umask = _index(umask)
+        if self.req.umask < -1:
+            raise ValueError(f"umask is -1 (the caller's) or a mode, not {self.req.umask}")
+        for i in range(3):
+            self.req.stdio[i] = -1 if stdio is None else _index(stdio[i])
+            if self.req.stdio[i] < -1:
+                raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
+                                 f"{self.req.stdio[i]}")
+        self.req.keep, self.req.nkeep = self.keep.array, self.keep.n
+        self.req.fds = stdio is not None or self.keep.n > 0
+        self.req.close_fds, self.req.setsid = close_fds, start_new_session
+        return 0
+
+    cdef pid_t start(self, int c_flags, bint maps, int *pid_fd) except -2:
+        """Clone the child with every signal blocked, as they stay until the caller restores
+        req.mask: none of our handlers may run in the child before it has reset them.  The
+        pid, or -1 with req.err (STAGE_CLONE)."""
+        cdef sigset_t all_signals
+        cdef char *stack_top
+        cdef pid_t pid
+        self.stack = _Stack(SPAWN_STACK_SIZE)
+        stack_top = self.stack.base + self.stack.length
+        self.req.parent_pidfd = -1
+        if not maps:
+            c_flags |= CLONE_VFORK
+        else:
+            # The child waits on `go` while the parent writes its id maps; the kernel clears
+            # `done` when the child has exec'd or exited, freeing the shared stack.
+            self.req.maps, self.req.done, self.req.parent_pid = True, 1, getpid()
+            self.req.parent_pidfd = sys_pidfd_open(self.req.parent_pid, 0)
+            if self.req.parent_pidfd == -1 and errno != ENOSYS:
+                _raise_errno(errno)
+            c_flags |= CLONE_CHILD_CLEARTID
+        sigfillset(&all_signals)
+        with nogil:
+            pthread_sigmask(SIG_SETMASK, &all_signals, &self.req.mask)
+            pid = sys_clone(_spawn_child, stack_top, c_flags, &self.req, pid_fd, NULL,
+                            &self.req.done)
+            if pid == -1:
+                self.req.err = errno
+        return pid
+
+    cdef object handshake(self, pid_t pid, object before_start):
+        """With id maps: before_start(pid) while the child waits, then the word to go (or to
+        exit) and the wait until it has exec'd or exited.  What before_start raised, or None."""
+        cdef int go = GO_RUN
+        failure = None
+        if not self.req.maps:
+            return None
+        if self.req.parent_pidfd >= 0:
+            close(self.req.parent_pidfd)
+        if pid != -1:
+            try:
+                before_start(pid)
+            except BaseException as exc:
+                failure, go = exc, GO_ABORT
+            with nogil:
+                lc_futex_set(&self.req.go, go)
+                lc_futex_wait_while(&self.req.done, 1)
+        return failure
+
+
+def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
+          bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
+          bint close_fds=True, bint start_new_session=False, umask=-1):
+    """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
+    without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
+    runs in the parent while the child waits) and takes file objects for stdio, which here
+    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
+    cdef unsigned long long ns_flags = _index(flags)
+    cdef _Spawn call = _Spawn.__new__(_Spawn)
+    cdef int pid_fd = -1
+    cdef pid_t pid
+    _check_spawn(argv, env, ns_flags, hostname, loopback)
+    pidfd = pidfd or (ns_flags & CLONE_PIDFD) != 0
+    call.prepare(argv, env, cwd, hostname)
+    call.fd_options(stdio, pass_fds, close_fds, start_new_session, umask)
+    call.req.loopback = loopback
+    call.req.newtime = (ns_flags & CLONE_NEWTIME) != 0
+    call.req.newpid = (ns_flags & CLONE_NEWPID) != 0
+    pid = call.start(<int>((ns_flags & ~(CLONE_NEWTIME | CLONE_PIDFD)) | CLONE_VM | SIGCHLD
+                           | (CLONE_PIDFD if pidfd else 0)),
+                     before_start is not None, &pid_fd)
+    failure = None
+    try:
+        failure = call.handshake(pid, before_start)
+        if pid != -1 and (failure is not None or call.req.err != 0):
+            # Reaped with every signal still blocked, so no handler interrupts it.
+            _reap(pid)
+            if pid_fd >= 0:
+                close(pid_fd)
+    finally:
+        pthread_sigmask(SIG_SETMASK, &call.req.mask, NULL)
+    if failure is not None:
+        raise failure
+    if call.req.err != 0:
+        _raise_stage(call.req.err, call.req.stage, argv[0], cwd, hostname)
+    if pidfd:
+        return (pid, pid_fd)
+    return pid
+
+
+cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, object hostname,
+                      bint loopback) except -1:
+    """What spawn() refuses before converting anything."""
+    if not isinstance(argv, (list, tuple)):
+        raise TypeError(f"argv must be a list or tuple, not {type(argv).__name__}")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    if env is not None and not hasattr(env, "items"):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    if ns_flags & ~_SPAWN_FLAGS:
+        raise ValueError("spawn() takes the NEW* namespace flags and PIDFD only: its child "
+                         "shares the caller's memory until execve, and nothing after it")
+    if hostname is not None and not ns_flags & CLONE_NEWUTS:
+        raise ValueError("hostname needs NEWUTS in flags")
+    if loopback and not ns_flags & CLONE_NEWNET:
+        raise ValueError("loopback needs NEWNET in flags")
+    return 0
+
+
+cdef int _raise_stage(int err, int stage, object program, object cwd,
+                      object hostname) except -1:
+    """The OSError of a failed step of spawn: the clone's as it is; for the child's, filename is
+    the program or the cwd for exec and chdir (as subprocess has them), else the message names
+    the step."""
+    if stage == STAGE_CLONE:
+        _raise_errno(err)
+    if stage == STAGE_EXEC:
+        _raise_errno(err, program)
+    if stage == STAGE_CWD:
+        _raise_errno(err, cwd)
+    try:
+        _raise_errno(err, hostname if stage == STAGE_HOSTNAME else None)
+    except OSError as exc:
+        exc.strerror = f"{exc.strerror} (spawn child: {_STAGE_STEPS[stage]})"
+        raise
+
+
+cdef list _environ(env):
+    if env is None:
+        return list(os.environb.items())
+    out = []
+    for key, value in env.items():
+        key, value = os.fsencode(key), os.fsencode(value)
+        if b"=" in key or not key:
+            raise ValueError(f"illegal environment variable name {key!r}")
+        out.append((key, value))
+    return out
+
+
+cdef list _exec_path(list environ):
+    """The directories to search, as os.get_exec_path() finds them, from the converted
+    environment (bytes pairs)."""
+    paths = [value for key, value in environ if key == b"PATH"]
+    if len(paths) > 1:
+        raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
+    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
+
+
+# ---- spawn: the child ----
 
 cdef int _spawn_fail(_SpawnRequest *req, int stage, int err) noexcept nogil:
     req.err = err
@@ -1492,236 +1471,3 @@ cdef void _close_fds(const int *keep, Py_ssize_t nkeep) noexcept nogil:
     if errno == EINVAL and _close_range_except(0, keep, nkeep) == 0:
         return
     _close_listed_fds(keep, nkeep)
-
-
-SPAWN_STACK_SIZE = 64 * 1024
-HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
-cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
-                                        | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
-                                        | CLONE_NEWTIME | CLONE_PIDFD)
-
-
-cdef int _spawn_fd_options(_SpawnRequest *req, object stdio, _Fds keep, bint close_fds,
-                           bint start_new_session, object umask) except -1:
-    """Fill in the fd options of `req` (keep: pass_fds, kept alive by the caller).
-    stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
-    cdef int i
-    req.umask = _index(umask)
-    if req.umask < -1:
-        raise ValueError(f"umask is -1 (the caller's) or a mode, not {req.umask}")
-    for i in range(3):
-        req.stdio[i] = -1 if stdio is None else _index(stdio[i])
-        if req.stdio[i] < -1:
-            raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
-                             f"{req.stdio[i]}")
-    req.keep, req.nkeep = keep.array, keep.n
-    req.fds = stdio is not None or keep.n > 0
-    req.close_fds, req.setsid = close_fds, start_new_session
-    return 0
-
-
-def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
-          bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
-          bint close_fds=True, bint start_new_session=False, umask=-1):
-    """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
-    without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
-    runs in the parent while the child waits) and takes file objects for stdio, which here
-    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
-    cdef unsigned long long ns_flags = _index(flags)
-    cdef _SpawnRequest req
-    cdef _CStrings c_argv, c_envp, c_paths
-    cdef _Fds keep
-    cdef bytes c_cwd = None, c_hostname = None
-    cdef _Stack stack
-    cdef sigset_t all_signals
-    cdef int c_flags, pid_fd = -1, go = GO_RUN
-    cdef pid_t pid
-    if not isinstance(argv, (list, tuple)):
-        raise TypeError(f"argv must be a list or tuple, not {type(argv).__name__}")
-    if not argv:
-        raise ValueError("argv must not be empty")
-    if env is not None and not hasattr(env, "items"):
-        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
-    if ns_flags & ~_SPAWN_FLAGS:
-        raise ValueError("spawn() takes the NEW* namespace flags and PIDFD only: its child "
-                         "shares the caller's memory until execve, and nothing after it")
-    pidfd = pidfd or (ns_flags & CLONE_PIDFD) != 0
-    if hostname is not None and not ns_flags & CLONE_NEWUTS:
-        raise ValueError("hostname needs NEWUTS in flags")
-    if loopback and not ns_flags & CLONE_NEWNET:
-        raise ValueError("loopback needs NEWNET in flags")
-    memset(&req, 0, sizeof(req))
-    # Each argument is converted once (an __fspath__ or a mapping may answer differently
-    # the next time): the program searched for is the argv[0] that is passed.
-    c_argv = _CStrings(argv)
-    environ = _environ(env)
-    c_envp = _CStrings([k + b"=" + v for k, v in environ])
-    program = c_argv.items[0]
-    dirs = [b""] if b"/" in program else _exec_path(environ)
-    c_paths = _CStrings([os.path.join(d, program) for d in dirs])
-    req.argv, req.envp, req.paths = c_argv.array, c_envp.array, c_paths.array
-    if cwd is not None:
-        c_cwd = _fsencode(cwd)
-        req.cwd = c_cwd
-    if hostname is not None:
-        c_hostname = _fsencode(hostname)
-        if len(c_hostname) > HOST_NAME_MAX:
-            raise ValueError(f"hostname is {len(c_hostname)} bytes, more than the kernel's "
-                             f"{HOST_NAME_MAX}")
-        req.hostname, req.hostname_len = c_hostname, len(c_hostname)
-    keep = _Fds(pass_fds)
-    _spawn_fd_options(&req, stdio, keep, close_fds, start_new_session, umask)
-    req.loopback = loopback
-    req.newtime = (ns_flags & CLONE_NEWTIME) != 0
-    req.newpid = (ns_flags & CLONE_NEWPID) != 0
-    req.parent_pidfd = -1
-    stack = _Stack(SPAWN_STACK_SIZE)
-    c_flags = <int>((ns_flags & ~(CLONE_NEWTIME | CLONE_PIDFD)) | CLONE_VM | SIGCHLD
-                    | (CLONE_PIDFD if pidfd else 0))
-    if before_start is None:
-        c_flags |= CLONE_VFORK
-    else:
-        # The child waits on `go` while the parent writes its id maps; the kernel clears
-        # `done` when the child has exec'd or exited, freeing the shared stack.
-        req.maps, req.done, req.parent_pid = True, 1, getpid()
-        req.parent_pidfd = sys_pidfd_open(req.parent_pid, 0)
-        if req.parent_pidfd == -1 and errno != ENOSYS:
-            _raise_errno(errno)
-        c_flags |= CLONE_CHILD_CLEARTID
-    sigfillset(&all_signals)
-    with nogil:
-        # Blocked until the child has reset its handlers: none of ours may run in it.
-        pthread_sigmask(SIG_SETMASK, &all_signals, &req.mask)
-        pid = sys_clone(_spawn_child, stack.base + stack.length, c_flags, &req, &pid_fd,
-                        NULL, &req.done)
-        if pid == -1:
-            req.err = errno
-    failure = None
-    try:
-        if req.maps:
-            if req.parent_pidfd >= 0:
-                close(req.parent_pidfd)
-            if pid != -1:
-                try:
-                    before_start(pid)
-                except BaseException as exc:
-                    failure, go = exc, GO_ABORT
-                with nogil:
-                    lc_futex_set(&req.go, go)
-                    lc_futex_wait_while(&req.done, 1)
-        if pid != -1 and (failure is not None or req.err != 0):
-            # Reaped with every signal still blocked, so no handler interrupts it.
-            waitpid(pid, NULL, 0)
-            if pid_fd >= 0:
-                close(pid_fd)
-    finally:
-        pthread_sigmask(SIG_SETMASK, &req.mask, NULL)
-    if failure is not None:
-        raise failure
-    if pid == -1:
-        _raise_errno(req.err)
-    if req.err != 0:
-        _raise_stage(req.err, req.stage, argv[0], cwd, hostname)
-    if pidfd:
-        return (pid, pid_fd)
-    return pid
-
-
-cdef int _raise_stage(int err, int stage, object program, object cwd,
-                      object hostname) except -1:
-    """The OSError of a failed step of the spawn child: filename is the program or the cwd
-    for exec and chdir (as subprocess has them), else the message names the step."""
-    if stage == STAGE_EXEC:
-        _raise_errno(err, program)
-    if stage == STAGE_CWD:
-        _raise_errno(err, cwd)
-    try:
-        _raise_errno(err, hostname if stage == STAGE_HOSTNAME else None)
-    except OSError as exc:
-        exc.strerror = f"{exc.strerror} (spawn child: {_STAGE_STEPS[stage]})"
-        raise
-
-
-cdef list _environ(env):
-    if env is None:
-        return list(os.environb.items())
-    out = []
-    for key, value in env.items():
-        key, value = os.fsencode(key), os.fsencode(value)
-        if b"=" in key or not key:
-            raise ValueError(f"illegal environment variable name {key!r}")
-        out.append((key, value))
-    return out
-
-
-cdef list _exec_path(list environ):
-    """The directories to search, as os.get_exec_path() finds them, from the converted
-    environment (bytes pairs)."""
-    paths = [value for key, value in environ if key == b"PATH"]
-    if len(paths) > 1:
-        raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
-    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
-
-
-# ---- clone: the child side ----
-
-cdef int _exit_status(object code) noexcept:
-    """The exit status for None or an int, as the interpreter's top level passes
-    `sys.exit(code)` to exit(): (int)PyLong_AsLong(code), -1 (255) when it overflows a long."""
-    if code is None:
-        return 0
-    try:
-        return <int>PyLong_AsLong(code)
-    except OverflowError:
-        return -1
-
-
-cdef void _report_exception() noexcept:
-    """Print the exception being handled, as the top level does; a failing hook is ignored."""
-    try:
-        sys.excepthook(*sys.exc_info())
-    except BaseException:
-        pass
-
-
-cdef void _child_main(object func) noexcept:
-    """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
-    (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
-    non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
-    registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
-    cdef int status = 1
-    try:
-        try:
-            atexit._clear()
-            code = func()
-        except SystemExit as exc:
-            code = exc.code
-            if code is not None and not PyLong_Check(code):
-                print(code, file=sys.stderr)
-                code = 1
-        else:
-            if code is not None and not PyLong_Check(code):
-                raise TypeError(f"clone child returned {type(code).__name__}, "
-                                f"not an int or None")
-        status = _exit_status(code)
-    except BaseException:
-        status = 1
-        _report_exception()
-    try:
-        threading = sys.modules.get("threading")
-        if threading is not None:
-            threading._shutdown()
-    except BaseException:
-        _report_exception()
-    try:
-        try:
-            atexit._run_exitfuncs()
-        except BaseException:
-            pass  # printed already (3.9 raises the last one again, too)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-    finally:
-        _exit(status)

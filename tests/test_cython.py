@@ -1,6 +1,7 @@
 """The cimport API: a separate Cython extension (tests/cimport_user.pyx), compiled at test time
-against the installed package's `_core.pxd`, calls the syscalls without the GIL and runs C
-children with the C-level clone API."""
+against the installed package's `_core.pxd` and `linux_clone.h`, calls the syscalls without the
+GIL and runs C children with the C-level clone API.  The C headers compile warning-free on
+their own."""
 
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ pytest.importorskip("Cython", reason="the cimport test needs Cython (the `test` 
 
 HERE = Path(__file__).parent
 PACKAGE_DIR = Path(linux_clone.__file__).parent
+SOURCE_DIR = HERE.parent / "linux_clone"  # the private headers, which the wheel leaves out
 SETNS_LOOPS = 10_000
 
 
 def _compile(tmp: Path) -> ModuleType:
     """Cythonize and compile cimport_user.pyx as a user's build would, with only the
-    installed package on the include path, and import it."""
+    installed package on the include paths (linux_clone.get_include() for C), and import it."""
     pyx = tmp / "cimport_user.pyx"
     pyx.write_bytes((HERE / "cimport_user.pyx").read_bytes())
     c_file = tmp / "cimport_user.c"
@@ -41,16 +43,19 @@ def _compile(tmp: Path) -> ModuleType:
                     "-o", str(c_file), str(pyx)],
                    check=True, capture_output=True, text=True, cwd=tmp)
     so = tmp / ("cimport_user" + sysconfig.get_config_var("EXT_SUFFIX"))
-    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-    subprocess.run([*cc, "-shared", "-fPIC", "-O1", "-Wall",
+    subprocess.run([*_cc(), "-shared", "-fPIC", "-O1", "-Wall",
                     "-Werror=implicit-function-declaration", "-I", sysconfig.get_paths()["include"],
-                    "-o", str(so), str(c_file)],
+                    "-I", linux_clone.get_include(), "-o", str(so), str(c_file)],
                    check=True, capture_output=True, text=True, cwd=tmp)
     spec = importlib.util.spec_from_file_location("cimport_user", so)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _cc() -> list[str]:
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +73,39 @@ def ext(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 
 def test_wheel_ships_pxd_not_pyx() -> None:
     files = {p.name for p in PACKAGE_DIR.iterdir()}
-    assert "_core.pxd" in files
+    assert {"_core.pxd", "linux_clone.h"} <= files
     assert not [name for name in files if name.endswith(".pyx")], files
+    assert not [name for name in files if name.startswith("_") and name.endswith(".h")], files
+    assert Path(linux_clone.get_include()) == PACKAGE_DIR
     assert {"__init__.pyi", "py.typed"} <= files
     assert any(name.startswith("_core.") and name.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
                for name in files)
+
+
+def _compile_c(tmp: Path, source: Path, include: str, python: bool = False) -> None:
+    """Compile one C file warning-free, as CI holds our headers to; Python's own headers (with
+    `python`) are system headers, not ours to hold to -Wextra."""
+    python_include = ["-isystem", sysconfig.get_paths()["include"]] if python else []
+    try:
+        subprocess.run([*_cc(), "-std=c99", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
+                        *python_include, "-I", include, "-c", "-o", str(tmp / "header.o"),
+                        str(source)],
+                       check=True, capture_output=True, text=True, cwd=tmp)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"{shlex.join(exc.cmd)}\n{exc.stderr}")
+
+
+def test_public_header_compiles_alone(tmp_path: Path) -> None:
+    _compile_c(tmp_path, HERE / "public_header.c", linux_clone.get_include())
+
+
+@pytest.mark.parametrize("header", ["_clone.h", "_spawn.h", "_entered.h"])
+def test_private_header_compiles_alone(tmp_path: Path, header: str) -> None:
+    if not (SOURCE_DIR / header).exists():
+        pytest.skip("the private headers are in the source tree only")
+    source = tmp_path / "header.c"
+    source.write_text(f'#include "{header}"\nint main(void) {{ return 0; }}\n')
+    _compile_c(tmp_path, source, str(SOURCE_DIR), python=True)
 
 
 def test_constants_match_python_api(ext: ModuleType) -> None:

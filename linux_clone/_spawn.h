@@ -1,0 +1,78 @@
+/* spawn()'s private C, for its child (which shares the parent's memory and makes only
+   syscalls): the signal reset, the futex words of the id-map handshake, the parent-death check
+   and close_range.  Included by _core.pyx only; not in the wheel. */
+#ifndef LINUX_CLONE_SPAWN_H
+#define LINUX_CLONE_SPAWN_H
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <linux/futex.h>
+
+/* A spawn child shares the parent's memory, so none of the parent's signal handlers may
+   run in it: every caught signal goes back to SIG_DFL, then the parent's mask returns,
+   as in posix_spawn.  SIGPIPE and SIGXFSZ, which Python ignores, go back to SIG_DFL too,
+   as subprocess's restore_signals does.  glibc's internal signals (32 up to SIGRTMIN)
+   are left alone. */
+static inline void lc_reset_signals(const sigset_t *mask) {
+    struct sigaction sa;
+    int sig;
+    for (sig = 1; sig < _NSIG; sig++) {
+        if (sig >= 32 && sig < SIGRTMIN)
+            continue;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
+                && (sa.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = SIG_DFL;
+            sigaction(sig, &sa, NULL);
+        }
+    }
+    sigprocmask(SIG_SETMASK, mask, NULL);
+}
+
+/* Futex words shared by the parent and a spawn child with id maps, in place of pipes:
+   any process forked meanwhile by another thread would hold a copy of a pipe's ends.
+   Shared (not _PRIVATE) futexes, as the kernel's CLONE_CHILD_CLEARTID wake is one.
+   All signals are blocked around both waits, so only a wake or a changed word ends
+   them; and neither side's futex call fails while the other may read errno, which the
+   child shares with the parent's thread (it has no TLS of its own). */
+static inline void lc_futex_wait_while(int *word, int value) {
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
+        syscall(SYS_futex, word, FUTEX_WAIT, value, NULL, NULL, 0);
+}
+static inline void lc_futex_set(int *word, int value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Whether the parent of a spawn child died before PR_SET_PDEATHSIG was armed: its pidfd
+   is readable once it has exited.  Without pidfds (Linux < 5.3), getppid() tells outside
+   a new pid namespace; inside one it is 0 either way. */
+static inline int lc_parent_gone(int pidfd, pid_t parent, int newpid) {
+    struct pollfd p;
+    if (pidfd < 0)
+        return !newpid && getppid() != parent;
+    p.fd = pidfd;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, 0) != 0;
+}
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)   /* Linux 5.11 */
+#endif
+static inline int lc_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+#ifdef SYS_close_range
+    return (int)syscall(SYS_close_range, first, last, flags);
+#else
+    (void)first; (void)last; (void)flags;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+#endif
