@@ -1,5 +1,6 @@
-/* Runs sys_clone3_fn (clone3_fn_aarch64.h) the ways linux_clone uses it; one line per case,
-   exit status 0 when all pass, 77 when the kernel (or emulator) has no clone3. */
+/* Runs sys_clone3_fn (clone3_fn_aarch64.h) the ways linux_clone uses it, and sys_clone_fork
+   (clone_fork.h) with the argument that moves between architectures; one line per case,
+   exit status 0 when all pass, 77 when they pass but the kernel (or emulator) has no clone3. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
@@ -23,6 +24,7 @@ typedef int (*lc_child_fn)(void *);
 static inline int lc_enosys(void) { errno = ENOSYS; return -1; }
 
 #include "clone3_fn_aarch64.h"
+#include "clone_fork.h"
 
 #define STACK_SIZE (64 * 1024)
 
@@ -180,12 +182,53 @@ static void test_bad_size(void) {
           "bad_size", detail);
 }
 
-int main(void) {
+/* parent_tid is the third argument on every architecture we build for: with
+   CLONE_PARENT_SETTID the kernel stores the child's pid there, with CLONE_PIDFD a pidfd
+   (waited for with P_PIDFD, Linux 5.4). */
+static void test_clone_fork(const char *name, unsigned long flag) {
+    char detail[160] = "";
+    int parent_tid = -1, status;
+    siginfo_t info;
+    pid_t pid = sys_clone_fork(flag | SIGCHLD, &parent_tid);
+    if (pid == 0)
+        _exit(5);
+    if (pid < 0) {
+        snprintf(detail, sizeof detail, "clone: %s", strerror(errno));
+        check(0, name, detail);
+        return;
+    }
+    if (flag == CLONE_PIDFD) {
+        memset(&info, 0, sizeof info);
+        if (waitid(P_PIDFD, (id_t)parent_tid, &info, WEXITED) < 0) {
+            snprintf(detail, sizeof detail, "waitid(P_PIDFD, %d): %s", parent_tid,
+                     strerror(errno));
+            check(0, name, detail);
+            wait_status(pid);
+            return;
+        }
+        close(parent_tid);
+        parent_tid = info.si_pid;
+        status = info.si_code == CLD_EXITED ? info.si_status : 1000;
+    } else {
+        status = wait_status(pid);
+    }
+    snprintf(detail, sizeof detail, "status %d, pid %d, %s %d", status, (int)pid,
+             flag == CLONE_PIDFD ? "pidfd's child" : "parent_tid", parent_tid);
+    check(status == 5 && parent_tid == pid, name, detail);
+}
+
+int main(int argc, char **argv) {
     struct lc_clone_args args;
+    /* "clone3" leaves out legacy clone: QEMU 7.2's user mode emulates it (no CLONE_PIDFD,
+       CLONE_PARENT_SETTID stored in the child's memory), so only a kernel can judge it. */
+    if (argc < 2 || strcmp(argv[1], "clone3") != 0) {
+        test_clone_fork("clone_fork_parent_settid", CLONE_PARENT_SETTID);
+        test_clone_fork("clone_fork_pidfd", CLONE_PIDFD);
+    }
     /* EFAULT from a NULL args says clone3 exists; ENOSYS says the kernel or emulator has none. */
     if (sys_clone3_fn(NULL, sizeof args, return_7, NULL) < 0 && errno == ENOSYS) {
-        printf("SKIP clone3: %s\n", strerror(ENOSYS));
-        return 77;
+        printf("SKIP clone3: %s\n%d failed\n", strerror(ENOSYS), failures);
+        return failures ? 1 : 77;
     }
     test_pipe_exit();
     test_vfork_return("vfork_return", STACK_SIZE);
