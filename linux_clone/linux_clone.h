@@ -75,8 +75,11 @@ static inline pid_t sys_clone3(struct lc_clone_args *args, size_t size) {
 }
 
 /* The fork-like legacy clone: no new stack, so the child returns here like fork() does.
-   parent_tid receives the pidfd with CLONE_PIDFD.  Argument order is the kernel's
-   CLONE_BACKWARDS variant used by x86-64, arm64, riscv and most others. */
+   parent_tid receives the pidfd with CLONE_PIDFD.  The kernel's argument order differs
+   (kernel/fork.c): x86-64 and most have (flags, newsp, parent_tid, child_tid, tls); arm64,
+   riscv, powerpc, arc and x86-32 select CLONE_BACKWARDS, (flags, newsp, parent_tid, tls,
+   child_tid); s390 selects CLONE_BACKWARDS2, (newsp, flags, parent_tid, child_tid, tls).
+   The last two are 0 here, so only s390 needs its own call. */
 static inline pid_t sys_clone_fork(unsigned long flags, int *parent_tid) {
 #if defined(__s390__) || defined(__CRIS__)
     return (pid_t)syscall(SYS_clone, 0, flags, parent_tid, NULL, 0);
@@ -88,7 +91,9 @@ static inline pid_t sys_clone_fork(unsigned long flags, int *parent_tid) {
 /* clone3 that runs fn(arg) in the child on args->stack, then exits with its result --
    what glibc's clone() does for clone(2).  glibc exports no clone3 wrapper, and a child on a
    new stack must not return through the caller's frames, so this is assembly, one variant
-   per architecture; ENOSYS elsewhere (use sys_clone there). */
+   per architecture (x86-64, aarch64); ENOSYS elsewhere (use sys_clone there).  The kernel
+   points the child's stack pointer at args->stack + args->stack_size unaligned; each child
+   rounds it down to the 16 bytes its ABI wants (aarch64 faults on a misaligned sp). */
 #if defined(__x86_64__) && defined(SYS_clone3)
 /* ---- x86-64 ---- */
 static inline pid_t sys_clone3_fn(struct lc_clone_args *args, size_t size,
@@ -120,6 +125,40 @@ static inline pid_t sys_clone3_fn(struct lc_clone_args *args, size_t size,
     return (pid_t)ret;
 }
 /* ---- end x86-64 ---- */
+#elif defined(__aarch64__) && defined(SYS_clone3)
+/* ---- aarch64 (as glibc's aarch64/clone3.S) ---- */
+static inline pid_t sys_clone3_fn(struct lc_clone_args *args, size_t size,
+                                  lc_child_fn fn, void *arg) {
+    /* svc keeps every register but x0 and the child starts with the parent's registers,
+       so fn and arg reach the child in x19/x20.  x29 = 0 ends the frame chain for
+       unwinders; sp can only be written by an instruction (and) that does not read it. */
+    register long x0 __asm__("x0") = (long)args;
+    register size_t x1 __asm__("x1") = size;
+    register long x8 __asm__("x8") = SYS_clone3;
+    register lc_child_fn x19 __asm__("x19") = fn;
+    register void *x20 __asm__("x20") = arg;
+    __asm__ volatile(
+        "svc #0\n\t"
+        "cbnz x0, 1f\n\t"
+        "mov x29, xzr\n\t"
+        "mov x9, sp\n\t"
+        "and sp, x9, #-16\n\t"
+        "mov x0, x20\n\t"
+        "blr x19\n\t"
+        "mov x8, %[nr_exit]\n\t"
+        "svc #0\n\t"
+        "brk #1000\n"
+        "1:"
+        : "+r"(x0)
+        : "r"(x1), "r"(x8), "r"(x19), "r"(x20), [nr_exit] "i"(SYS_exit)
+        : "memory");
+    if (x0 < 0) {
+        errno = (int)-x0;
+        return -1;
+    }
+    return (pid_t)x0;
+}
+/* ---- end aarch64 ---- */
 #else
 static inline pid_t sys_clone3_fn(struct lc_clone_args *args, size_t size,
                                   lc_child_fn fn, void *arg) {

@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import pytest
 
+import linux_clone
+
 C_DIR = Path(__file__).parent / "c"
 OPTS = ["-O0", "-O2", "-O3"]
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -22,8 +24,10 @@ NO_CLONE3 = 77  # clone3_fn_test's exit status when clone3 answers ENOSYS
 
 
 def _build(cc: str, opt: str, out: Path, source: str = "clone3_fn_test.c") -> Path:
-    run = subprocess.run([cc, "-static", opt, "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                          str(C_DIR / source)], capture_output=True, text=True, timeout=120)
+    # The code under test is the installed package's public header.
+    run = subprocess.run([cc, "-static", opt, "-Wall", "-Wextra", "-Werror",
+                          "-I", linux_clone.get_include(), "-o", str(out), str(C_DIR / source)],
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     return out
 

@@ -193,8 +193,9 @@ def test_c_clone_vfork_newuts(ext: ModuleType, privileged: None, exec_true: bool
     assert socket.gethostname() == before
 
 
-needs_clone3_fn = pytest.mark.skipif(platform.machine() != "x86_64",
-                                     reason="sys_clone3_fn is x86-64 only (ENOSYS elsewhere)")
+needs_clone3_fn = pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
+                                     reason="sys_clone3_fn is x86-64 and aarch64 only "
+                                            "(ENOSYS elsewhere)")
 
 
 def _clone3_or_skip(ext: ModuleType, *args: object) -> Tuple[int, int, int]:

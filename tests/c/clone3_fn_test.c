@@ -15,16 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* As in linux_clone's header. */
-struct lc_clone_args {
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
-             set_tid, set_tid_size, cgroup;
-};
-typedef int (*lc_child_fn)(void *);
-static inline int lc_enosys(void) { errno = ENOSYS; return -1; }
-
-#include "clone3_fn_aarch64.h"
-#include "clone_fork.h"
+#include "linux_clone.h"  /* sys_clone3_fn, sys_clone_fork: the code under test */
 
 #define STACK_SIZE (64 * 1024)
 
