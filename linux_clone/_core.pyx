@@ -57,9 +57,9 @@ cdef extern from *:
     #include <stdio.h>
     #include <string.h>
     #include <unistd.h>
-    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-    #include <sys/single_threaded.h>
-    #endif
+    /* glibc >= 2.32 defines it; weak, so that a module built for an older glibc (the
+       manylinux wheels) loads there and still reads it where the running glibc has it. */
+    extern char __libc_single_threaded __attribute__((weak));
 
     /* True when no other thread can hold a libc lock: glibc >= 2.32 keeps
        __libc_single_threaded false once a second thread has ever existed, so a process that
@@ -68,10 +68,8 @@ cdef extern from *:
         char buf[1024], *p;
         ssize_t n;
         int fd, field;
-    #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-        if (__libc_single_threaded)
+        if (&__libc_single_threaded != NULL && __libc_single_threaded)
             return 1;
-    #endif
         fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             return 0;
