@@ -12,9 +12,10 @@
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-#include <sys/single_threaded.h>
-#endif
+
+/* glibc >= 2.32 defines it; weak, so that a module built for an older glibc (the manylinux2014
+   wheels, glibc 2.17) loads there and still reads it where the running glibc has it. */
+extern char __libc_single_threaded __attribute__((weak));
 
 /* True when no other thread can hold a libc lock: glibc >= 2.32 keeps
    __libc_single_threaded false once a second thread has ever existed, so a process that
@@ -22,10 +23,8 @@
    a stat needs no free fd (an open failed with EMFILE and looked like threads). */
 static inline int lc_single_threaded(void) {
     struct stat st;
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-    if (__libc_single_threaded)
+    if (&__libc_single_threaded != NULL && __libc_single_threaded)
         return 1;
-#endif
     return stat("/proc/self/task", &st) == 0 && st.st_nlink == 3;
 }
 
