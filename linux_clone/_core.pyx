@@ -30,6 +30,7 @@ cdef extern from "Python.h":
     ctypedef struct PyInterpreterState
     PyInterpreterState *PyInterpreterState_Get()
     PyInterpreterState *PyInterpreterState_Main()
+    unsigned long PyThread_get_thread_ident() nogil
 
 cdef extern from "<unistd.h>" nogil:
     int execve(const char *path, char *const argv[], char *const envp[])
@@ -431,7 +432,8 @@ cdef class entered:
     block; a mount namespace needs a thread that does not share its fs (no other threads).
     __exit__ goes back into every namespace it can; if the block closed or replaced an fd
     entered() keeps, that type stays entered and __exit__ raises RuntimeError.  __exit__
-    without an active __enter__ (one that failed undid itself) does nothing.  Each thread
+    without an active __enter__ (one that failed undid itself) does nothing; on another thread
+    than the one that entered it raises RuntimeError and moves nothing.  Each thread
     that uses entered() keeps one close-on-exec fd (a pidfd of itself on Linux 6.9+) from its
     first use until it exits; no other fd outlives the block.
     """
@@ -439,6 +441,7 @@ cdef class entered:
     cdef pid_t pid
     cdef bint by_pid
     cdef bint active
+    cdef unsigned long thread   # the thread that entered: only it can go back
     cdef int nstype
     # The namespaces to go back into, in the order saved: an fd, its type, its identity.
     cdef int count
@@ -538,12 +541,18 @@ cdef class entered:
             if target is not None:
                 target.release()
         self.active = True
+        self.thread = PyThread_get_thread_ident()
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
         cdef int i, err, failed = -1, failure = 0
         if not self.active:
             return None
+        if PyThread_get_thread_ident() != self.thread:
+            # setns moves only the calling thread: going back from here would move this one
+            # and leave the entering thread inside (a generator closed on another thread).
+            raise RuntimeError("entered(): __exit__ on another thread than __enter__; the "
+                               "entering thread is still in the entered namespace")
         self.active = False
         for i in range(self.count - 1, -1, -1):
             err = self._go_back(i)

@@ -269,6 +269,32 @@ def test_exit_twice_goes_back_once() -> None:
     assert with_holder(linux_clone.NEWNET, body) == [True, True]
 
 
+def test_exit_on_another_thread_is_an_error_not_a_wrong_move() -> None:
+    """A generator holding an entered() block, advanced on one thread and closed on another:
+    __exit__ there would move the closing thread and leave the entering one inside."""
+    def body(pid: int) -> List[Any]:
+        home = thread_ns("net")
+        seen: Dict[str, Any] = {}
+
+        def holder() -> Any:
+            with linux_clone.entered(f"/proc/{pid}/ns/net"):
+                yield
+
+        gen = holder()
+
+        def enter() -> None:
+            next(gen)
+            seen["entering thread inside"] = thread_ns("net")
+
+        thread = threading.Thread(target=enter)
+        thread.start()
+        thread.join()
+        with pytest.raises(RuntimeError, match="another thread"):
+            gen.close()
+        return [seen["entering thread inside"] != home, thread_ns("net") == home]
+    assert with_holder(linux_clone.NEWNET, body) == [True, True]
+
+
 # ---- the fds entered() keeps for the way back ----
 
 def test_a_saved_fd_closed_in_the_block_is_an_error_not_a_wrong_exit() -> None:
