@@ -1206,13 +1206,20 @@ def clone_files(ctx: Ctx) -> None:
         with linux_clone.entered(ctx.alt["uts"]):
             pass
         kept = linux_clone._core._kept_fd()
-        before = fd_files().get(kept)
+        # Still the same open file? kcmp tells, where fstat would not: a pidfd made again
+        # for the same thread has the same inode.
+        copy = os.dup(kept)
         try:
             _clone_cell(ctx, start, shared_fds=True)
-            now = fd_files().get(kept)
-            expect(now == before, f"the child closed or replaced the fd {kept} that entered() "
-                   f"keeps for the caller's thread: {before} -> {now}")
+            try:
+                same = linux_clone.kcmp(os.getpid(), os.getpid(), linux_clone.KCMP_FILE,
+                                        kept, copy) == 0
+            except OSError:
+                same = False
+            expect(same, f"the child closed or replaced the fd {kept} that entered() keeps "
+                   "for the caller's thread")
         finally:
+            os.close(copy)
             with linux_clone.entered(ctx.alt["uts"]):  # which makes it again if it has to
                 pass
         return
