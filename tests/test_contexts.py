@@ -50,6 +50,7 @@ NEWIPC, PIDFD, VFORK = int(linux_clone.NEWIPC), int(linux_clone.PIDFD), int(linu
 EXIT_CODE = 7  # what every child here exits with
 STACK = linux_clone._core.MIN_STACK_SIZE  # the smallest stack clone() accepts
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
+PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE = 0xFF06  # _IO(PIDFS_IOCTL_MAGIC, 6), <linux/pidfd.h>
 PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -75,12 +76,44 @@ def thread_ns(kind: str) -> int:
     return os.stat(f"/proc/thread-self/ns/{kind}").st_ino
 
 
+def pid_for_children() -> Optional[int]:
+    """The main thread's pid_for_children namespace (inode).  Right after unshare(NEWPID),
+    until that namespace has an init, /proc hides it (ENOENT) but the pidfd ioctl (Linux
+    6.11) answers; None where neither does."""
+    try:
+        return thread_ns("pid_for_children")
+    except FileNotFoundError:
+        pass
+    pidfd = os.pidfd_open(os.getpid())  # type: ignore[attr-defined]
+    try:
+        fd = fcntl.ioctl(pidfd, PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE)
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def open_fds() -> Dict[int, str]:
     """The process's open fds and what they are (listdir's own fd is gone by readlink)."""
     out = {}
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return out
+
+
+def fd_files() -> Dict[int, Tuple[str, int, int]]:
+    """The process's open fds as (what, st_dev, st_ino): an fd whose number was closed and
+    reused for another file (a pidfd's name says nothing of its process) is a new one."""
+    out = {}
+    for fd, what in open_fds().items():
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            out[fd] = (what, st.st_dev, st.st_ino)
     return out
 
 
@@ -198,11 +231,19 @@ class Ctx:
         while self.cleanups:
             self.cleanups.pop()()
 
+    @property
+    def clone_refused(self) -> bool:
+        # The README: "After unshare(NEWPID) the helper would become the new namespace's
+        # init, so a threaded clone() there is a RuntimeError".
+        return self.threaded and self.newpid_per_call
+
     @contextlib.contextmanager
-    def guard(self, needs: int = 0, allow: Tuple[int, ...] = ()) -> Iterator[None]:
+    def guard(self, needs: int = 0, allow: Tuple[int, ...] = (),
+              refused: bool = False) -> Iterator[None]:
         """Around the API call itself: the context's fd limit, and which exceptions are
         clean here (`needs`: the free fds the call needs to succeed; `allow`: errnos the
-        kernel gives for this call in this context)."""
+        kernel gives for this call in this context; `refused`: a RuntimeError is the
+        README's answer here)."""
         limits = None
         if self.free_fds is not None:
             limits = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -213,6 +254,10 @@ class Ctx:
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limits[1]))
         try:
             yield
+        except RuntimeError as exc:
+            if not refused:
+                raise
+            raise Clean(repr(exc)) from exc
         except (HostileError, TypeError, ValueError, OverflowError) as exc:
             if self.hostile is None:
                 raise
@@ -479,8 +524,9 @@ def _nofile(n: int) -> Callable[[Ctx], None]:
 def setup_atfork_hooks(ctx: Ctx, in_child: bool = True) -> None:
     # Hooks that call the API; the ones before a fork and in the child make a nested clone
     # (the child's only in the first generation, so that the nested child does not nest
-    # again; the one before only when not already inside one).
+    # again, and on a dedicated stack; the one before only when not already inside one).
     state = {"nest": True, "before": False}
+    userns = os.stat("/proc/self/ns/user").st_ino
 
     def hook(name: str, action: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
@@ -494,7 +540,7 @@ def setup_atfork_hooks(ctx: Ctx, in_child: bool = True) -> None:
         linux_clone.ns_get_nstype("/proc/self/ns/uts")
         if state["nest"]:
             state["nest"] = False
-            pid = linux_clone.clone(lambda: 0)
+            pid = linux_clone.clone(lambda: 0, STACK)
             status = os.waitpid(pid, 0)[1]  # type: ignore[arg-type]
             if status != 0:
                 raise AssertionError(f"nested clone child: wait status {status:#x}")
@@ -513,8 +559,12 @@ def setup_atfork_hooks(ctx: Ctx, in_child: bool = True) -> None:
 
     def after_in_parent() -> None:
         linux_clone.kcmp(os.getpid(), os.getpid(), linux_clone.KCMP_VM)
-        with linux_clone.entered(ctx.alt["uts"]):
-            pass
+        # Entering the holder's UTS namespace takes CAP_SYS_ADMIN in the user namespace that
+        # owns it, which a clone child in a user namespace of its own (clone_maps, whose
+        # nested clone runs this hook) does not have there: EPERM from the kernel.
+        if os.stat("/proc/self/ns/user").st_ino == userns:
+            with linux_clone.entered(ctx.alt["uts"]):
+                pass
 
     os.register_at_fork(before=hook("before", before),
                         after_in_parent=hook("after_in_parent", after_in_parent))
@@ -643,17 +693,19 @@ def setns_fd_2_63(ctx: Ctx) -> None:
 
 
 def _in_entered(ctx: Ctx, kinds: Tuple[str, ...], make: Callable[[], Any],
-                needs: int, allow: Tuple[int, ...] = ()) -> None:
+                needs: int) -> None:
     """Enter with make(), check the namespaces inside, leave by an exception, check the
     thread is back."""
     names = ["pid_for_children" if k == "pid" else k for k in kinds]
-    try:
-        before = {name: thread_ns(name) for name in names}
-    except FileNotFoundError:
-        before = {}
-    if not before:
-        # pid_for_children right after unshare(NEWPID): entered() cannot save it either.
-        with ctx.guard(needs=needs, allow=allow):
+
+    def where() -> Dict[str, Optional[int]]:
+        return {name: pid_for_children() if name == "pid_for_children" else thread_ns(name)
+                for name in names}
+    before = where()
+    if None in before.values():
+        # pid_for_children right after unshare(NEWPID), on a kernel without the pidfd
+        # ioctls: entered() cannot save it either.
+        with ctx.guard(needs=needs, allow=(errno.ENOENT,)):
             with make():
                 pass
         raise Bad("entered() a pid namespace it cannot come back from")
@@ -661,14 +713,14 @@ def _in_entered(ctx: Ctx, kinds: Tuple[str, ...], make: Callable[[], Any],
     class Leave(Exception):
         pass
     try:
-        with ctx.guard(needs=needs, allow=allow):
+        with ctx.guard(needs=needs):
             with make():
                 for kind, name in zip(kinds, names):
                     expect(thread_ns(name) == ctx.alt_ino[kind], f"not in the target {name}")
                 raise Leave
     except Leave:
         pass
-    after = {name: thread_ns(name) for name in names}
+    after = where()
     expect(after == before, f"not back after entered(): {before} -> {after}")
 
 
@@ -691,10 +743,11 @@ def entered_path(ctx: Ctx) -> None:
 
 @call
 def entered_pidns(ctx: Ctx) -> None:
-    # Right after unshare(NEWPID) the kernel hides pid_for_children until that namespace
-    # has an init, so entered() cannot know where to come back to: ENOENT.
-    _in_entered(ctx, ("pid",), lambda: linux_clone.entered(ctx.fd(ctx.alt["pid"])), needs=2,
-                allow=(errno.ENOENT,) if ctx.newpid_per_call else ())
+    # Right after unshare(NEWPID) the kernel hides pid_for_children in /proc until that
+    # namespace has an init: entered() saves it through the pidfd ioctl (README: "a pidfd
+    # of itself, whose PIDFD_GET_*_NAMESPACE ioctls answer on Linux 6.11+") and comes back,
+    # or, on older kernels, cannot know where to come back to: ENOENT.
+    _in_entered(ctx, ("pid",), lambda: linux_clone.entered(ctx.fd(ctx.alt["pid"])), needs=2)
 
 
 @call
@@ -948,7 +1001,7 @@ class Probe:
         """start(func) (a clone call), the checks, the child reaped; the child's report."""
         caller = {k: thread_ns(k) for k in ("net", "uts", "user")}
         try:
-            with self.ctx.guard(needs=needs, allow=allow):
+            with self.ctx.guard(needs=needs, allow=allow, refused=self.ctx.clone_refused):
                 result = start(self.func)
             pid, pidfd = result if isinstance(result, tuple) else (result, None)
             if not self.shared_fds:  # with FILES this would close the child's end too
@@ -1019,7 +1072,7 @@ def _clone_cell(ctx: Ctx, start: Callable[[Callable[[], Any]], Any], needs: int 
 def _quick_pidfd_cell(ctx: Ctx, start: Callable[[Callable[[], Any]], Any]) -> None:
     """A child that exits at once: the pidfd must come back even if it is already gone
     (reaped, where SIGCHLD is ignored or a handler reaps)."""
-    with ctx.guard(needs=1):
+    with ctx.guard(needs=1, refused=ctx.clone_refused):
         pid, pidfd = start(lambda: EXIT_CODE)
     try:
         expect(fdinfo_pid(pidfd) in (pid, -1), "the pidfd is not the child's")
@@ -1066,7 +1119,7 @@ def clone_maps_bad(ctx: Ctx) -> None:
     # Overlapping lines: the kernel refuses the map; the child is killed and reaped.
     probe = Probe(ctx)
     try:
-        with ctx.guard(needs=3):
+        with ctx.guard(needs=3, refused=ctx.clone_refused):
             pid = linux_clone.clone(probe.func, 0, ctx.index(NEWUSER | signal.SIGCHLD),
                                     uid_map="0 0 1\n0 1 1")
     except OSError as exc:
@@ -1148,7 +1201,27 @@ def clone_files(ctx: Ctx) -> None:
     def start(func: Callable[[], Any]) -> Any:
         return linux_clone.clone(func, 0, ctx.index(int(linux_clone.FILES) | signal.SIGCHLD))
     if not ctx.threaded:
-        _clone_cell(ctx, start, shared_fds=True)
+        # The child shares the fd table, with the fd entered() keeps for this thread in it
+        # (made here if no call has made it yet): the call must leave that fd alone.
+        with linux_clone.entered(ctx.alt["uts"]):
+            pass
+        kept = linux_clone._core._kept_fd()
+        # Still the same open file? kcmp tells, where fstat would not: a pidfd made again
+        # for the same thread has the same inode.
+        copy = os.dup(kept)
+        try:
+            _clone_cell(ctx, start, shared_fds=True)
+            try:
+                same = linux_clone.kcmp(os.getpid(), os.getpid(), linux_clone.KCMP_FILE,
+                                        kept, copy) == 0
+            except OSError:
+                same = False
+            expect(same, f"the child closed or replaced the fd {kept} that entered() keeps "
+                   "for the caller's thread")
+        finally:
+            os.close(copy)
+            with linux_clone.entered(ctx.alt["uts"]):  # which makes it again if it has to
+                pass
         return
     with ctx.guard():
         try:
@@ -1169,7 +1242,7 @@ def clone_exit_2_63(ctx: Ctx) -> None:
 def clone_raises(ctx: Ctx) -> None:
     def fail() -> None:
         raise KeyError("clone_raises: expected in the log")
-    with ctx.guard():
+    with ctx.guard(refused=ctx.clone_refused):
         pid = linux_clone.clone(fail)
     status = ctx.wait(pid)  # type: ignore[arg-type]
     expect(status in (None, 1), f"exit status {status}, not 1")
@@ -1283,7 +1356,8 @@ def _run_calls(channel: Any, parts: Tuple[str, ...], names: List[str]) -> None:
     for name in names:
         channel.send(("start", name))
         ctx.before_call()
-        fds = open_fds()
+        kept = linux_clone._core._kept_fd()
+        fds = fd_files()
         kids = children(ctx.exclude_tids)
         hook_errors = len(ctx.hook_errors)
         started = time.monotonic()
@@ -1299,7 +1373,20 @@ def _run_calls(channel: Any, parts: Tuple[str, ...], names: List[str]) -> None:
         with contextlib.suppress(BaseException):
             ctx.after_call()
         problems = []
-        leaked = {fd: what for fd, what in open_fds().items() if fd not in fds}
+        now, kept_now = fd_files(), linux_clone._core._kept_fd()
+        # The README: each thread that uses entered() keeps one close-on-exec fd from its
+        # first use on (the calls run on the main thread); no other fd outlives a call, and
+        # the kept one stays that file (the calls never close it themselves).
+        leaked = {fd: what[0] for fd, what in now.items() if fds.get(fd) != what
+                  and not (kept < 0 and fd == kept_now)}
+        if kept >= 0 and now.get(kept) != fds.get(kept):
+            problems.append(f"the fd entered() keeps, {kept}, was closed or replaced: "
+                            f"{fds.get(kept, ('closed',))[0]} -> {now.get(kept, ('closed',))[0]}")
+            # Let entered() make its fd again now, so that the next call starts clean.
+            with contextlib.suppress(OSError), linux_clone.entered(ctx.alt["uts"]):
+                pass
+        if kept < 0 <= kept_now and kept_now in now and not is_cloexec(kept_now):
+            problems.append(f"the fd entered() keeps, {kept_now}, is not close-on-exec")
         if leaked:
             problems.append(f"fds left open: {leaked}")
         left = {pid: st for pid, st in children(ctx.exclude_tids).items() if pid not in kids}
@@ -1348,60 +1435,22 @@ def run_context(context: str) -> Dict[str, Outcome]:
     return results
 
 
-# ---- the known defects (issue 8), as found on the code before their fixes ----
+# ---- the library's defects this matrix shows (strict: a fix makes its cells pass) ----
 
-KNOWN = {
-    1: "entered.__exit__ without __enter__ segfaults",
-    2: "setns(2**63) uses fd 0",
-    3: "kcmp fds above 2**32 are truncated",
-    4: "threaded clone in a pid-namespace context: wrong pid / EINVAL",
-    5: "threaded clone(PIDFD) with SIGCHLD ignored raises ProcessLookupError",
-    6: "clone with no free fds after a thread existed raises EMFILE",
-    7: "nested clone in an after_in_child hook gets None as func",
-    8: "spawn with failing maps under SIGPIPE default can kill the caller",
-    9: "spawn with maps blocks while another thread's fork child holds its pipe",
-    10: "spawned programs have SIGPIPE/SIGXFSZ ignored",
-    11: "exit code 2**63 exits 0",
-    12: "clone3's cgroup fd is left open in the child",
-    13: "the clone child's exit kills its non-daemon threads",
-}
-
-
-# Found by this matrix, not yet in the issue's list (see the report of the matrix branch).
-NEW = {
-    101: "clone/clone3 read flags' __index__ twice (VFORK check, then the call): "
-         "a VFORK that appears on the second read, with id maps, deadlocks",
+DEFECTS = {
+    "files_kept_fd": "a clone(FILES) child's after-fork step closes the fd that entered() keeps "
+                     "for the caller's thread in the fd table it shares with the caller (and "
+                     "an entered() in the child leaves its own fd there when it exits)",
 }
 THREADED = {"threads", "c_thread", "blocked_thread", "thread_forking"}
-CLONES = {name for name in CALLS if name.startswith("clone")}
-PIDFD_CLONES = {"clone_pidfd", "clone_pidfd_quick", "clone3_pidfd", "clone3_pidfd_quick"}
-BY_CALL = {"entered_exit_unentered": 1, "setns_fd_2_63": 2, "kcmp_fd_2_32": 3,
-           "spawn_signals": 10, "clone_exit_2_63": 11, "clone3_cgroup": 12,
-           "clone_nondaemon_thread": 13}
 
 
-def known_defect(context: str, name: str) -> Optional[int]:
-    """The finding that makes this cell fail on the code before its fix, if any."""
+def known_defect(context: str, name: str) -> Optional[str]:
+    """The defect that makes this cell fail, if any."""
     parts = set(context.split("+"))
-    if name in BY_CALL:
-        return BY_CALL[name]
-    if parts & THREADED and parts & {"entered_pid", "unshare_newpid"} and name in CLONES:
-        return 4
-    if parts & THREADED and parts & {"sigchld_ignored", "sigchld_reaper"} \
-            and name in PIDFD_CLONES:
-        return 5
-    if "nofile_0" in parts and name in CLONES:
-        # A thread has existed once the test runner has run one (glibc's
-        # __libc_single_threaded is inherited false), so nofile_0 alone can show it too.
-        return 6
-    if "atfork_hooks" in parts and (name in CLONES or name == "pivot_root"):
-        return 7  # every fork runs the after_in_child hook (pivot_root's too)
-    if "sigpipe_default" in parts and name == "spawn_maps_bad":
-        return 8
-    if "thread_forking" in parts and name in ("spawn_maps", "spawn_maps_bad"):
-        return 9
-    if "hostile_varying" in parts and name == "clone_maps":
-        return 101
+    # With other threads clone(FILES) is a RuntimeError; hostile_raise makes no child.
+    if name == "clone_files" and not parts & (THREADED | {"hostile_raise"}):
+        return "files_kept_fd"
     return None
 
 
@@ -1417,13 +1466,8 @@ def outcomes() -> Callable[[str], Dict[str, Outcome]]:
 def _cells() -> Iterator[Any]:
     for context in CONTEXTS:
         for name in CALLS:
-            finding = known_defect(context, name)
-            marks = []
-            if finding in KNOWN:
-                marks = [pytest.mark.xfail(strict=False, reason=f"issue 8 finding {finding}: "
-                                           f"{KNOWN[finding]}")]
-            elif finding in NEW:
-                marks = [pytest.mark.xfail(strict=False, reason=f"new finding: {NEW[finding]}")]
+            defect = known_defect(context, name)
+            marks = [pytest.mark.xfail(strict=True, reason=DEFECTS[defect])] if defect else []
             yield pytest.param(context, name, id=f"{context}-{name}", marks=marks)
 
 

@@ -5,8 +5,9 @@ with the model:
 
 - where each thread is: /proc/<pid>/task/<tid>/ns/{net,uts} against the namespaces the
   model says (entered() blocks push and pop, setns moves, unshare makes a new one);
-- which fds are open: none beyond the worker's own, the pidfds of live children, and the
-  namespace fds that active entered() blocks hold (at most three each);
+- which fds are open: none beyond the worker's own, the pidfds of live children, the one
+  close-on-exec fd each thread that has used entered() keeps (the README's entered row),
+  and the namespace fds that active entered() blocks hold (at most three each);
 - which children exist: the live ones, and none that was reaped;
 - a child is born in the namespaces of the thread that made it.
 
@@ -15,6 +16,7 @@ LINUX_CLONE_FUZZ_EXAMPLES (as for test_fuzz.py) scales the number of examples up
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import queue
@@ -24,8 +26,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
@@ -191,7 +192,12 @@ class Worker:
         for tid in os.listdir("/proc/self/task"):
             with open(f"/proc/self/task/{tid}/children") as f:
                 kids.update(int(pid) for pid in f.read().split())
-        return {"where": where, "fds": fds, "children": kids,
+        kept = {t: self.on(t, linux_clone._core._kept_fd)[1] for t in self.tids}
+        cloexec = {t: fd >= 0 and fd in fds and bool(fcntl.fcntl(fd, fcntl.F_GETFD)
+                                                     & fcntl.FD_CLOEXEC)
+                   for t, fd in kept.items()}
+        return {"where": where, "fds": fds, "children": kids, "kept": kept,
+                "cloexec": cloexec,
                 "home": {k: os.fstat(self.ns[k, "home"]).st_ino for k in self.kinds},
                 "targets": {f"{k}:{t}": os.fstat(self.ns[k, t]).st_ino
                             for k in self.kinds for t in TARGETS}}
@@ -226,6 +232,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         self.where = {t: dict(first["home"]) for t in THREADS}
         self.stacks: Dict[int, List[Tuple[str, int]]] = {t: [] for t in THREADS}
         self.live: Dict[int, bool] = {}  # live child pid -> has a pidfd
+        self.used: Set[int] = set()  # the threads that have used entered()
         self.reaped: set = set()
         self.obs = first
 
@@ -250,6 +257,7 @@ class NamespaceMachine(RuleBasedStateMachine):
     def enter(self, data: st.DataObject, thread: int, name: str, form: str) -> None:
         kind = data.draw(st.sampled_from(self.kinds))
         self.step("enter", thread, kind, name, form)
+        self.used.add(thread)
         self.stacks[thread].append((kind, self.where[thread][kind]))
         self.where[thread][kind] = self.targets[f"{kind}:{name}"]
 
@@ -319,7 +327,16 @@ class NamespaceMachine(RuleBasedStateMachine):
     def no_fd_beyond_the_model(self) -> None:
         if self.box is None:
             return
-        extra = {fd: what for fd, what in self.obs["fds"].items() if fd not in self.base_fds}
+        kept = self.obs["kept"]
+        for thread in THREADS:
+            if thread in self.used:
+                assert kept[thread] in self.obs["fds"] and self.obs["cloexec"][thread], (
+                    f"thread {thread} used entered(): its kept fd {kept[thread]} is not an "
+                    f"open close-on-exec fd")
+            else:
+                assert kept[thread] == -1, f"thread {thread} keeps fd {kept[thread]} unused"
+        extra = {fd: what for fd, what in self.obs["fds"].items()
+                 if fd not in self.base_fds and fd not in kept.values()}
         pidfds = sum(self.live.values())
         active = sum(len(stack) for stack in self.stacks.values())
         unknown = {fd: what for fd, what in extra.items() if not what.startswith(NS_FILE)}
@@ -350,12 +367,7 @@ def test_namespace_state_machine(privileged: None) -> None:
     run_state_machine_as_test(NamespaceMachine, settings=SETTINGS)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8 finding 4: threaded clone in a pid-namespace "
-                   "context: wrong pid / EINVAL")
 def test_namespace_state_machine_with_pid(privileged: None) -> None:
     # entered()/setns() into pid namespaces too: children are born where the thread's
     # pid_for_children says, and clone() returns their pid in the caller's namespace.
-    # Without shrinking while finding 4 stands: each of its failures waits out a reap
-    # timeout, and shrinking replays hundreds of them.
-    run_state_machine_as_test(PidNamespaceMachine, settings=settings(
-        SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate]))
+    run_state_machine_as_test(PidNamespaceMachine, settings=SETTINGS)
