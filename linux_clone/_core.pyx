@@ -378,11 +378,20 @@ cdef extern from "_entered.h" nogil:
     int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino)
     bint lc_same_file(int fd, dev_t dev, ino_t ino)
     void lc_thread_ns_after_fork()
+    void lc_thread_ns_forget()
+    void lc_thread_ns_drop()
     int lc_thread_ns_kept()
 
 
+# True in a clone(CLONE_FILES) child: its fd table is its parent's, kept fd included.
+cdef bint _shares_fd_table = False
+
+
 def _thread_ns_after_fork():
-    lc_thread_ns_after_fork()
+    if _shares_fd_table:
+        lc_thread_ns_forget()
+    else:
+        lc_thread_ns_after_fork()
 
 
 def _kept_fd():
@@ -783,7 +792,8 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
     the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
     opened for this call, which the child closes first (the caller closes its own)."""
-    global _child_func, _child_stack, _child_stack_size, _child_close_fd
+    global _child_func, _child_stack, _child_stack_size, _child_close_fd, _shares_fd_table
+    cdef bint shared_before = _shares_fd_table
     cdef _Stack stack = None
     cdef int way, pidfd = -1, err = 0
     cdef pid_t pid
@@ -807,6 +817,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     _child_stack_size = stack.length - _page_size if stack is not None else 0
     # With a shared fd table the caller's close is the only one.
     _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
+    _shares_fd_table = (flags & CLONE_FILES) != 0
     if way == WAY_DIRECT:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
@@ -818,6 +829,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     # Cleared while the fork lock is still held: in a free-threaded build another thread's
     # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
     _child_func = None
+    _shares_fd_table = shared_before
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
@@ -943,6 +955,8 @@ cdef void _child_main(object func) noexcept:
             except BaseException:
                 pass
     finally:
+        if _shares_fd_table:
+            lc_thread_ns_drop()  # entered()'s fd of this child, in the table the parent keeps
         _exit(status)
 
 

@@ -17,6 +17,8 @@
    - before each use, fstat() checks it still is that file (the program may have closed it
      and reused the number, say for a pidfd of another process, whose namespaces entered()
      would silently go back to); a file that no longer is ours is left alone, and replaced.
+   A clone(CLONE_FILES) child shares the fd table, so it forgets the parent's fd instead of
+   closing it, and closes its own (if it made one) before it exits.
    Other threads' fds stay open, close-on-exec, in a forked child that does not exec, as any
    fd another thread holds at the fork.
 
@@ -113,6 +115,12 @@ static inline void lc_thread_ns_drop(void) {
         close(t->fd);
     t->fd = -1;
     errno = saved;
+}
+
+/* Forget the thread's fd without closing it: in a clone(CLONE_FILES) child the fd table is
+   the parent's, and so is the fd. */
+static inline void lc_thread_ns_forget(void) {
+    lc_thread_ns.fd = -1;
 }
 
 static void lc_thread_ns_exit(void *unused) {

@@ -1437,20 +1437,14 @@ def run_context(context: str) -> Dict[str, Outcome]:
 
 # ---- the library's defects this matrix shows (strict: a fix makes its cells pass) ----
 
-DEFECTS = {
-    "files_kept_fd": "a clone(FILES) child's after-fork step closes the fd that entered() keeps "
-                     "for the caller's thread in the fd table it shares with the caller (and "
-                     "an entered() in the child leaves its own fd there when it exits)",
-}
+# (A clone(FILES) child closing the caller's kept entered() fd in the table they share was
+# one: fixed, the child forgets it and closes only its own.)
+DEFECTS: Dict[str, str] = {}
 THREADED = {"threads", "c_thread", "blocked_thread", "thread_forking"}
 
 
 def known_defect(context: str, name: str) -> Optional[str]:
-    """The defect that makes this cell fail, if any."""
-    parts = set(context.split("+"))
-    # With other threads clone(FILES) is a RuntimeError; hostile_raise makes no child.
-    if name == "clone_files" and not parts & (THREADED | {"hostile_raise"}):
-        return "files_kept_fd"
+    """The defect that makes this cell fail, if any (a key of DEFECTS)."""
     return None
 
 

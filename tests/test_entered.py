@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import pathlib
+import signal
 import socket
 import threading
 import time
@@ -559,3 +560,29 @@ def test_older_kernels_keep_a_proc_directory_instead(era: str) -> None:
                 set(every_fd()) - set(start) == {kept},
                 os.readlink(f"/proc/self/fd/{kept}").endswith("/ns")]
     assert with_holder(linux_clone.NEWUTS, body) == [True] * 4
+
+
+@pytest.mark.parametrize("child_uses_entered", [False, True])
+def test_a_files_child_leaves_the_callers_kept_fd_alone(child_uses_entered: bool) -> None:
+    """A clone(FILES) child shares the caller's fd table: it must neither close the fd the
+    caller's thread keeps for entered() nor leave its own kept fd there when it exits."""
+    def body() -> List[Any]:
+        with linux_clone.entered("/proc/self/ns/net"):
+            pass
+        kept = linux_clone._core._kept_fd()
+        twin = os.dup(kept)
+        before = sorted(os.listdir("/proc/self/fd"))
+
+        def child() -> int:
+            if child_uses_entered:
+                with linux_clone.entered("/proc/self/ns/net"):
+                    pass
+            return 0
+
+        pid = linux_clone.clone(child, 0, linux_clone.FILES | signal.SIGCHLD)
+        _, status = os.waitpid(pid, 0)
+        same = linux_clone.kcmp(os.getpid(), os.getpid(), linux_clone.KCMP_FILE, kept, twin)
+        after = sorted(os.listdir("/proc/self/fd"))
+        os.close(twin)
+        return [status, same, after == before, linux_clone._core._kept_fd() == kept]
+    assert in_child(body) == [0, 0, True, True]
