@@ -1,0 +1,59 @@
+# Debian helpers for the .ci/ scripts (sourced, not run).
+
+# The Debian mirror this machine's apt uses (never another host): the URIs of the first
+# deb822 stanza, or one-line entry, whose suites are not the security ones.
+debian_mirror() {
+    local f
+    {
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [[ -r $f ]] || continue
+            awk '
+                function flush() { if (uris != "" && suites !~ /-security/) { print uris; exit } }
+                /^[[:space:]]*$/ { flush(); uris = ""; suites = ""; next }
+                tolower($1) == "uris:" { uris = $2 }
+                tolower($1) == "suites:" { $1 = ""; suites = $0 }
+                END { flush() }
+            ' "$f"
+        done
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -r $f ]] || continue
+            sed -E -n 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+([^[:space:]]+).*/\2 \3/p' "$f" \
+                | awk '$2 !~ /-security/ { print $1 }'
+        done
+    } | grep -m1 -E '/debian/?$'
+}
+
+# apt_private DIR SUITE: set up (once) an apt state of its own in DIR that sees only SUITE's
+# main component on debian_mirror, and fill the array apt_opts with the options that make
+# apt-get and apt-cache use it.  The machine's own apt state is never touched.
+apt_private() {
+    local dir=$1 suite=$2 mirror
+    mirror=$(debian_mirror) || { echo "no Debian mirror in /etc/apt/sources.list*" >&2; return 1; }
+    mkdir -p "$dir/parts" "$dir/lists/partial" "$dir/cache/archives/partial"
+    touch "$dir/status"
+    cat >"$dir/parts/$suite.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $suite
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    apt_opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$dir/parts"
+              -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
+              -o "Dir::State::Lists=$dir/lists" -o "Dir::State::status=$dir/status"
+              -o "Dir::Cache=$dir/cache" -o APT::Sandbox::User=root)
+}
+
+# apt_install_missing COMMAND:PACKAGE...: install (from the machine's apt) the package of each
+# command that is not on PATH.
+apt_install_missing() {
+    local pair missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
+    ((${#missing[@]})) || return 0
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
