@@ -355,12 +355,28 @@ def _outcome(pattern: Callable[[], Any]) -> Callable[[], Any]:
     return child
 
 
+def _kills_the_main_thread(pattern: Callable[[], Any]) -> bool:
+    """Whether `pattern` kills a forked child running on the main thread's own stack."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _outcome(pattern)()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stack_size", SIZES)
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_cpython_bounds_end_in_an_exit_status(name: str, stack_size: int) -> None:
     pattern, expected = PATTERNS[name]
     code, outcome = run_on_stack(_outcome(pattern), stack_size)
+    if code < 0 and _kills_the_main_thread(pattern):
+        # The promise is "what the main thread survives": some builds (Debian bullseye's
+        # 3.9.2 parses 100000 unary minus past its own 8 MiB stack) do not survive it there.
+        pytest.skip(f"this interpreter's own main thread dies of it too ({sys.version})")
     assert code == 0, f"exit code {code}" + (" (SIGSEGV)" if code == -signal.SIGSEGV else "")
     if expected is not RAISES:
         assert outcome == ("result", expected)
