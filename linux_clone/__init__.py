@@ -224,8 +224,9 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone(func, stack_size, flags)  # type: ignore[no-any-return]
     flags = _index(flags)  # once: _core takes an int as it is
-    return _with_maps(lambda f: _core.clone(f, stack_size, flags), func,  # type: ignore
-                      uid_map, gid_map, setgroups, flags)
+    # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
+    return _with_maps(lambda f, stack_size=stack_size, flags=flags: _core.clone(  # type: ignore
+        f, stack_size, flags), func, uid_map, gid_map, setgroups, flags)
 
 
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SIGCHLD,
@@ -249,9 +250,11 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SI
         return _core.clone3(func, flags, exit_signal=exit_signal,  # type: ignore
                             stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
     flags = _index(flags)  # once: _core takes an int as it is
-    return _with_maps(lambda f: _core.clone3(f, flags, exit_signal=exit_signal,  # type: ignore
-                                             stack_size=stack_size, cgroup=cgroup,
-                                             set_tid=set_tid),
+    # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
+    return _with_maps(lambda f, flags=flags, exit_signal=exit_signal, stack_size=stack_size,
+                      cgroup=cgroup, set_tid=set_tid: _core.clone3(  # type: ignore
+                          f, flags, exit_signal=exit_signal, stack_size=stack_size,
+                          cgroup=cgroup, set_tid=set_tid),
                       func, uid_map, gid_map, setgroups, flags)
 
 
