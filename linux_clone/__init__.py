@@ -124,13 +124,17 @@ def _write_maps(pid: int, uid_text: Optional[bytes], setgroups: Optional[str],
                        ("gid_map", gid_text)):
         if data is not None:
             path = f"/proc/{pid}/{name}"
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            # Opened inside the try, so that a KeyboardInterrupt right after the open does not
+            # leak the fd (the interpreter runs signal handlers between statements).
+            fd = -1
             try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
                 os.write(fd, data)
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, path) from None
             finally:
-                os.close(fd)
+                if fd != -1:
+                    os.close(fd)
 
 
 def _check_setgroups(setgroups: Optional[str]) -> None:

@@ -131,6 +131,12 @@ class Popen:
                  bufsize: int = -1, **spawn_options: Any) -> None:
         from . import spawn  # the package imports this module before it defines spawn
 
+        # subprocess is imported before the child exists (every Popen passes here), so that a
+        # wait with a timeout after a chroot or pivot_root into a root without Python's
+        # stdlib finds TimeoutExpired in sys.modules; run() imports it before its Popen.
+        _timeout_expired()
+        if not isinstance(bufsize, int):
+            raise TypeError("bufsize must be an integer")  # before io.open owns a pipe end
         _cleanup()
         self.args = argv
         self.returncode: Optional[int] = None
@@ -152,50 +158,62 @@ class Popen:
             import warnings
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
             close_fds = True
-        handles = _Handles(stdin, stdout, stderr, pipes=True)
+        handles = None
         try:
+            handles = _Handles(stdin, stdout, stderr, pipes=True)
             # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
             # child's copy of that end is closed, as subprocess closes it before its exec.
-            pass_fds = [fd for fd in pass_fds if fd not in handles.parent]
-            stdio = [None if fd == -1 else fd for fd in handles.child]
-            result = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                           pass_fds=pass_fds, close_fds=close_fds,
-                           start_new_session=start_new_session, umask=umask, pidfd=True,
-                           **spawn_options)
-        except BaseException:
-            handles.close_all()
-            raise
-        self._child_created = True
-        self.pid, pidfd = result
-        self.pidfd = pidfd if pidfd >= 0 else None
-        try:
-            handles.close_child()
+            # (-1 marks an unused end, not an fd: spawn rejects it in pass_fds.)
+            pipe_ends = {fd for fd in handles.parent if fd != -1}
+            pass_fds = [fd for fd in pass_fds if fd not in pipe_ends]
+            # As subprocess: the pipes are file objects before the child exists, so a bad
+            # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
+            stdio = [None if fd == -1 else fd for fd in handles.child]
+            # One statement from spawn's return to the fields __del__ reads: the interpreter
+            # runs a signal handler (a KeyboardInterrupt) only once it is stored.
+            self.pid, self.pidfd = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1],
+                                         stderr=stdio[2], pass_fds=pass_fds,
+                                         close_fds=close_fds,
+                                         start_new_session=start_new_session, umask=umask,
+                                         pidfd=True, **spawn_options)
+            self._child_created = True
+            if self.pidfd == -1:  # Linux < 5.3
+                self.pidfd = None
+            handles.close_child()
         except BaseException:
-            handles.close_all()
+            # As subprocess: a child started already is kept by __del__ in _active (reaped
+            # by the next Popen); the pipes close through their file objects, the rest here.
+            self._child_created = self.pid != -1
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            if handles is not None:
+                handles.close_all()
             raise
 
     def _open_pipes(self, parent: List[int], bufsize: int) -> None:
+        """Wrap the parent's pipe ends in file objects.  An fd leaves `parent` as io.open
+        takes it, so that only its file object closes it (io.open closes it when it fails)."""
         line_buffering = self.text_mode and bufsize == 1
         if line_buffering:
             bufsize = -1  # the binary streams below cannot buffer lines
-        p2cwrite, c2pread, errread = parent
-        if p2cwrite != -1:
-            self.stdin = io.open(p2cwrite, "wb", bufsize)
+        for i, name in enumerate(("stdin", "stdout", "stderr")):
+            fd = parent[i]
+            if fd == -1:
+                continue
+            parent[i] = -1  # no signal handler runs from here to io.open (CPython 3.10+)
+            stream: Any = io.open(fd, "wb" if i == 0 else "rb", bufsize)
+            setattr(self, name, stream)
             if self.text_mode:
-                self.stdin = io.TextIOWrapper(self.stdin, write_through=True,
-                                              line_buffering=line_buffering,
-                                              encoding=self.encoding, errors=self.errors)
-        if c2pread != -1:
-            self.stdout = io.open(c2pread, "rb", bufsize)
-            if self.text_mode:
-                self.stdout = io.TextIOWrapper(self.stdout, encoding=self.encoding,
-                                               errors=self.errors)
-        if errread != -1:
-            self.stderr = io.open(errread, "rb", bufsize)
-            if self.text_mode:
-                self.stderr = io.TextIOWrapper(self.stderr, encoding=self.encoding,
-                                               errors=self.errors)
+                # On failure the binary stream stays in the attribute, for the caller to close.
+                setattr(self, name, io.TextIOWrapper(
+                    stream, write_through=i == 0,
+                    line_buffering=line_buffering and i == 0, encoding=self.encoding,
+                    errors=self.errors))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: returncode: {self.returncode} args: {self.args!r}>"
@@ -228,6 +246,15 @@ class Popen:
     def __del__(self) -> None:
         if not getattr(self, "_child_created", False):
             return
+        if self.returncode is None:
+            # As subprocess warns: nobody waited for this child.  Not at interpreter
+            # shutdown, when the import fails.
+            try:
+                import warnings
+                warnings.warn(f"subprocess {self.pid} is still running", ResourceWarning,
+                              stacklevel=1, source=self)
+            except ImportError:
+                pass
         self._internal_poll()
         if self.returncode is None:
             # Kept until the next Popen can reap it, as subprocess keeps it.
@@ -324,13 +351,23 @@ class Popen:
         loop = asyncio.get_running_loop()
         if self.pidfd is None:
             return await loop.run_in_executor(None, self.wait)
-        while self.poll() is None:
-            ready = loop.create_future()
-            loop.add_reader(self.pidfd, _set_done, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(self.pidfd)
+        if self.poll() is not None:
+            return self.returncode  # type: ignore[return-value]
+        # Each waiter watches its own copy of the pidfd: a loop has one reader per fd, so a
+        # second waiter (or a waiter on another loop's thread) would replace the first's.
+        pidfd = -1
+        try:
+            pidfd = os.dup(self.pidfd)
+            while self.poll() is None:
+                ready = loop.create_future()
+                loop.add_reader(pidfd, _set_done, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(pidfd)
+        finally:
+            if pidfd != -1:
+                os.close(pidfd)
         return self.returncode  # type: ignore[return-value]
 
     # ---- signals ----
@@ -465,6 +502,8 @@ def _set_done(future: Any) -> None:
 
 
 def _timeout_expired() -> Type[subprocess.TimeoutExpired]:
+    """subprocess.TimeoutExpired.  Popen() calls it first: later calls find subprocess in
+    sys.modules and read no file (the root may have changed since)."""
     import subprocess
     return subprocess.TimeoutExpired
 

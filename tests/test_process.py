@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 
 import linux_clone
 from linux_clone import NEWNET, NEWUSER
 
-from conftest import in_child
+from conftest import in_child, run_python
 
 # The program whose fds are compared: {fd: what it is} for every fd it has at start, pipes
 # and sockets by kind only (their inodes differ between runs).
@@ -559,3 +559,289 @@ def test_wait_async_cancelled_leaves_no_reader() -> None:
         return await proc.wait_async()
 
     assert in_child(lambda: asyncio.run(main())) == -signal.SIGKILL
+
+
+# ---- fd ownership, interrupts, several waiters (found by an outside probe) ----
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def cleanup_lines(*funcs: Any) -> Set[int]:
+    """The lines of the except and finally clauses of funcs: no code survives an interrupt
+    in the middle of its own cleanup."""
+    import ast
+    import inspect
+    import textwrap
+
+    lines = set()
+    for func in funcs:
+        source, first = inspect.getsourcelines(func)
+        for node in ast.walk(ast.parse(textwrap.dedent("".join(source)))):
+            if isinstance(node, ast.Try):
+                for stmt in [*node.finalbody, *(h for h in node.handlers)]:
+                    lines.update(sub.lineno + first - 1 for sub in ast.walk(stmt)
+                                 if isinstance(sub, ast.stmt))
+    return lines
+
+
+def interrupted(funcs: Any, k: int, call: Callable[[], Any]) -> bool:
+    """call() with a KeyboardInterrupt raised at the k-th line run in one of funcs (as a ^C
+    lands between two statements), but in their cleanup clauses; whether it was raised."""
+    codes = {func.__code__ for func in funcs}
+    skip = cleanup_lines(*funcs)
+    count = 0
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line" and frame.f_lineno not in skip:
+            count += 1
+            if count == k:
+                raise KeyboardInterrupt
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code in codes else None)
+    try:
+        call()
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.settrace(None)
+    return False
+
+
+@pytest.mark.parametrize("encoding, exc_type", [("no-such-codec", LookupError),
+                                                ("interrupt-here", KeyboardInterrupt)])
+def test_popen_failing_to_wrap_its_pipes_closes_each_fd_once(encoding: str,
+                                                              exc_type: Any) -> None:
+    """A pipe end wrapped in a file object is closed by that object only: before, the error
+    path os.close()d it too, and the half-built Popen's stream later closed whatever fd took
+    its number (a KeyboardInterrupt showed up as EBADF)."""
+    def case() -> Tuple[int, int, int]:
+        import codecs
+        import gc
+        import time
+
+        def search(name: str) -> None:
+            if name.replace("-", "_") == "interrupt_here":
+                raise KeyboardInterrupt
+            return None
+
+        codecs.register(search)
+        before = fd_count()
+        with pytest.raises(exc_type):
+            # A child that outlives the Popen (before, one was started): kept in _active.
+            linux_clone.Popen(["sleep", "0.1"], stdin=linux_clone.PIPE,
+                              stdout=linux_clone.PIPE, stderr=linux_clone.PIPE,
+                              encoding=encoding)
+        victims = [os.open(os.devnull, os.O_RDONLY) for _ in range(6)]
+        for _ in range(10):  # until a half-built Popen's child is reaped, and it is freed
+            time.sleep(0.05)
+            linux_clone.run(["true"])
+            gc.collect()
+        still_open = [fd_is_open(fd) for fd in victims].count(True)
+        for fd in victims:
+            if fd_is_open(fd):
+                os.close(fd)
+        return still_open, before, fd_count()
+
+    still_open, before, after = in_child(case)
+    assert still_open == 6 and after == before
+
+
+def test_pass_fds_minus_one_is_the_valueerror_spawn_raises() -> None:
+    def case(module: Any) -> Tuple[List[str], int, int]:
+        before = fd_count()
+        errors = []
+        for call in (module.Popen, module.run):
+            try:
+                call(["true"], pass_fds=[-1], stdout=module.PIPE).communicate()
+            except ValueError as exc:
+                errors.append(type(exc).__name__)
+        return errors, before, fd_count()
+
+    theirs, ours = both(case)
+    assert theirs[0] == ours[0] == ["ValueError", "ValueError"]
+    assert ours[1] == ours[2]
+
+
+@pytest.mark.timeout(120)
+def test_wait_async_several_waiters_on_one_and_on_several_loops() -> None:
+    """As asyncio's Process.wait(): each waiter gets the returncode (before, a second waiter
+    on one loop replaced the first's reader, which then never woke)."""
+    def case() -> Tuple[List[Any], int]:
+        proc = linux_clone.Popen(["sh", "-c", "sleep 0.3; exit 7"])
+        results: List[Any] = []
+
+        async def two() -> List[int]:
+            return await asyncio.wait_for(asyncio.gather(proc.wait_async(),
+                                                         proc.wait_async()), 20)
+
+        def waiter() -> None:
+            results.append(asyncio.run(two()))
+
+        threads = [threading.Thread(target=waiter) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        waiter()
+        for thread in threads:
+            thread.join(30)
+        proc.__exit__(None, None, None)
+        return results, fd_count()
+
+    before = in_child(fd_count)
+    results, after = in_child(case)
+    assert results == [[7, 7]] * 3 and after == before
+
+
+@pytest.mark.timeout(60)
+def test_wait_async_cancelled_waiter_leaves_the_other_waiting() -> None:
+    async def main() -> Tuple[int, int]:
+        proc = linux_clone.Popen(["sh", "-c", "sleep 0.5; exit 3"])
+        before = fd_count()
+        other = asyncio.ensure_future(proc.wait_async())
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait_async(), 0.05)
+        code = await asyncio.wait_for(other, 20)
+        return code, fd_count() - before
+
+    assert in_child(lambda: asyncio.run(main())) == (3, 0)
+
+
+CHROOT_WAIT = r"""
+import ctypes, os
+import linux_clone
+
+libc = ctypes.CDLL(None, use_errno=True)
+root = os.getcwd()
+linux_clone.unshare(linux_clone.NEWNS)
+assert libc.mount(b"none", b"/", None, 0x40000 | 0x4000, None) == 0  # MS_PRIVATE | MS_REC
+for name in ("bin", "lib", "lib64", "usr"):
+    if os.path.islink("/" + name):
+        os.symlink(os.readlink("/" + name), os.path.join(root, name))
+    elif os.path.isdir("/" + name):
+        os.mkdir(os.path.join(root, name))
+        assert libc.mount(("/" + name).encode(), os.path.join(root, name).encode(), None,
+                          0x1000 | 0x4000, None) == 0  # MS_BIND | MS_REC
+proc = linux_clone.Popen(["/bin/sleep", "30"])
+os.chroot(root)
+os.chdir("/")
+print(os.path.exists(os.__file__))
+try:
+    proc.wait(timeout=0.1)
+except Exception as exc:
+    print(type(exc).__module__, type(exc).__name__)
+proc.kill()
+print(proc.wait())
+print(linux_clone.run(["/bin/sh", "-c", "exit 3"]).returncode)
+for kwargs in ({"timeout": 0.1}, {"check": True}):
+    try:
+        linux_clone.run(["/bin/sh", "-c", "sleep 30; exit 1"] if kwargs.get("timeout")
+                        else ["/bin/false"], **kwargs)
+    except Exception as exc:
+        print(type(exc).__module__, type(exc).__name__)
+"""
+
+
+def test_wait_and_run_after_a_chroot_import_nothing(privileged: None, tmp_path: Any) -> None:
+    """A Popen made before a chroot into a root without Python's stdlib: its timed wait and
+    later run()s need subprocess's classes, which Popen() imported before its child."""
+    result = run_python(CHROOT_WAIT, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "False", "subprocess TimeoutExpired", str(-signal.SIGKILL), "3",
+        "subprocess TimeoutExpired", "subprocess CalledProcessError"]
+
+
+def map_fds() -> List[str]:
+    """The fds open on a /proc/<pid>/ id map file."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.endswith(("/uid_map", "/gid_map", "/setgroups")):
+            found.append(target)
+    return found
+
+
+def test_id_maps_interrupted_at_any_line_leak_no_fd(privileged: None) -> None:
+    def case() -> Tuple[int, List[str]]:
+        def start() -> None:
+            pid = linux_clone.clone(lambda: 0, 0, NEWUSER | signal.SIGCHLD, uid_map="0 0 1",
+                                    gid_map="0 0 1", setgroups="deny")
+            os.waitpid(pid, 0)  # type: ignore[arg-type]
+
+        k = 0
+        while interrupted([linux_clone._write_maps], k + 1, start):
+            k += 1
+        return k, map_fds()
+
+    lines, leaked = in_child(case)
+    assert lines >= 6 and leaked == []
+
+
+def test_popen_interrupted_at_any_line_keeps_its_child_and_leaks_no_fd() -> None:
+    """A ^C anywhere in Popen(): its child, once started, is kept for the next Popen to reap
+    (as subprocess keeps it), and every fd opened for it is closed."""
+    def case() -> Tuple[int, List[Any]]:
+        import gc
+        import time
+
+        # Not _open_pipes: it clears an fd's slot the line before io.open takes the fd, where
+        # CPython 3.10+ runs no signal handler (3.9 may, between any two instructions).
+        funcs = [linux_clone.Popen.__init__]
+        children = f"/proc/self/task/{os.getpid()}/children"
+        before = sorted(os.listdir("/proc/self/fd"))
+        problems: List[Any] = []
+        k = 0
+        while interrupted(funcs, k + 1, lambda: linux_clone.Popen(
+                ["sleep", "30"], stdin=linux_clone.PIPE, stdout=linux_clone.PIPE,
+                stderr=linux_clone.DEVNULL, text=True)):
+            k += 1
+            gc.collect()
+            with open(children) as f:
+                pids = [int(pid) for pid in f.read().split()]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still the child's
+            for _ in range(100):  # the next Popen reaps what the last one kept
+                time.sleep(0.02)
+                linux_clone.run(["true"])
+                with open(children) as f:
+                    if not f.read().split():
+                        break
+            try:
+                lost = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:  # none left, as it should be
+                lost = None
+            if lost is not None:
+                problems.append((k, "child lost", lost.si_pid))
+            if sorted(os.listdir("/proc/self/fd")) != before:
+                problems.append((k, "fds", sorted(os.listdir("/proc/self/fd"))))
+        return k, problems
+
+    lines, problems = in_child(case)
+    assert lines >= 20 and problems == []
+
+
+def test_running_popen_collected_warns_as_subprocess() -> None:
+    def case(module: Any) -> List[Tuple[str, str]]:
+        import gc
+        import warnings
+
+        proc = module.Popen(["sleep", "30"])
+        pid = proc.pid
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del proc
+            gc.collect()
+        os.kill(pid, signal.SIGKILL)  # still unreaped (kept in _active): the pid is its own
+        return [(w.category.__name__, str(w.message).replace(str(pid), "N")) for w in caught]
+
+    theirs, ours = both(case)
+    assert ours == theirs == [("ResourceWarning", "subprocess N is still running")]
