@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Iterator
-    from typing import Any, Callable, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
     from . import NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS
 else:
@@ -59,7 +59,7 @@ PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXF
 # Blocked while we wait, so that none of them ends the wait and leaves COMMAND running
 # unseen: SIGINT and SIGTERM as unshare --fork blocks them, SIGQUIT as system() ignores it (a
 # terminal sends ^C and ^\ to COMMAND too), SIGHUP as a hang-up reaches COMMAND as well.
-WAIT_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP}
+WAIT_SIGNALS: Set[int] = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP}
 
 USAGE = f"""
 Usage:
