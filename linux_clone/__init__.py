@@ -5,18 +5,17 @@ from __future__ import annotations
 
 __version__ = "0.2.0.dev0"  # the one source of the version: pyproject.toml reads it here
 
-import enum
 import os
-# The C halves of operator and signal: signal.py builds three enums at import.
+# The C halves of operator, signal and threading: signal.py builds three enums at import.
 from _operator import index as _index
 from _signal import SIGCHLD as _SIGCHLD, SIGKILL as _SIGKILL
+from _thread import allocate_lock as _allocate_lock
 
 from . import _core
 from ._core import (
     configure_loopback,
     entered,
     kcmp,
-    ns_get_nstype,
     ns_get_owner_uid,
     ns_get_parent,
     ns_get_userns,
@@ -25,22 +24,13 @@ from ._core import (
     setns,
     unshare,
 )
-from ._process import DEVNULL, PIPE, STDOUT, Popen, _Handles, run
-
-CloneFlag = enum.IntFlag("CloneFlag", _core.CLONE_FLAGS, module=__name__)
-CloneFlag.__doc__ = """The CLONE_* flags of <sched.h>, under the names of Perl's Linux::Clone.
-
-CSIGNAL is the mask of the exit signal in clone()'s flags; NEWTIME shares its bit 0x80, which
-no signal number uses, so clone() reads 0x80 as NEWTIME."""
-globals().update(CloneFlag.__members__)
-globals().update({"CLONE_" + name: member for name, member in CloneFlag.__members__.items()})
-_core._register_nstypes(CloneFlag)
 
 globals().update(_core.KCMP_TYPES)
 globals().update(_core.NS_IOCTLS)
 NS_OWNER_UID = _core.NS_IOCTLS["NS_GET_OWNER_UID"]  # the name the Perl documentation uses
 # __WALL, for os.waitpid on a child whose exit signal is not SIGCHLD
 WALL = _core.WAIT_FLAGS["WALL"]
+_VFORK, _FILES, _PIDFD = (_core.CLONE_FLAGS[name] for name in ("VFORK", "FILES", "PIDFD"))
 
 TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations are strings
 if TYPE_CHECKING:
@@ -48,15 +38,49 @@ if TYPE_CHECKING:
 
     IdMap = Union[str, Iterable[Tuple[int, int, int]]]
 
+# Made on first use (PEP 562), so that `import linux_clone` and the CLI need neither enum
+# (with functools and collections: most of the import's time on 3.11) nor threading:
+# CloneFlag with its members and CLONE_* aliases, ns_get_nstype (its answers are CloneFlag
+# members), _process's names and IdMap (it needs typing).
+_FLAG_NAMES = {"CloneFlag", "ns_get_nstype", *_core.CLONE_FLAGS,
+               *("CLONE_" + name for name in _core.CLONE_FLAGS)}
+_PROCESS_NAMES = {"Popen", "run", "PIPE", "DEVNULL", "STDOUT"}
+_flag_lock = _allocate_lock()  # one CloneFlag class, even when threads race to make it
+
 
 def __getattr__(name: str) -> object:
-    if name == "IdMap":  # made on first use, as it needs typing
+    if name in _FLAG_NAMES:
+        with _flag_lock:
+            if "CloneFlag" not in globals():
+                _make_clone_flag()
+        return globals()[name]
+    if name in _PROCESS_NAMES:
+        from . import _process
+
+        value = globals()[name] = getattr(_process, name)
+        return value
+    if name == "IdMap":
         from typing import Iterable, Tuple, Union
 
         global IdMap
         IdMap = Union[str, Iterable[Tuple[int, int, int]]]
         return IdMap
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_clone_flag() -> None:
+    import enum
+
+    flag = enum.IntFlag("CloneFlag", _core.CLONE_FLAGS, module=__name__)
+    flag.__doc__ = """The CLONE_* flags of <sched.h>, under the names of Perl's Linux::Clone.
+
+CSIGNAL is the mask of the exit signal in clone()'s flags; NEWTIME shares its bit 0x80, which
+no signal number uses, so clone() reads 0x80 as NEWTIME."""
+    _core._register_nstypes(flag)
+    globals().update(flag.__members__)
+    globals().update({"CLONE_" + name: member for name, member in flag.__members__.items()})
+    globals()["ns_get_nstype"] = _core.ns_get_nstype
+    globals()["CloneFlag"] = flag  # last: its presence says the rest is there
 
 
 def __dir__() -> list[str]:
@@ -151,10 +175,10 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     _check_setgroups(setgroups)
-    if flags & CloneFlag.VFORK:
+    if flags & _VFORK:
         raise ValueError("VFORK suspends the caller until the child execs or exits, so it "
                          "cannot write the child's id maps: drop VFORK or the maps")
-    if flags & CloneFlag.FILES:
+    if flags & _FILES:
         # The child would wait on a pipe whose write end it cannot close (the fd table is the
         # caller's too): a parent that dies before writing the maps would leave it waiting.
         raise ValueError("FILES shares the fd table with the caller, so the child cannot wait "
@@ -224,7 +248,7 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD
         but type checkers see only this keyword: to them that result is an int.
     """
     if pidfd:
-        flags = _index(flags) | CloneFlag.PIDFD
+        flags = _index(flags) | _PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone(func, stack_size, flags)  # type: ignore[no-any-return]
     flags = _index(flags)  # once: _core takes an int as it is
@@ -249,7 +273,7 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SI
     A kernel without clone3 (before 5.3) raises OSError(ENOSYS).
     """
     if pidfd:
-        flags = _index(flags) | CloneFlag.PIDFD
+        flags = _index(flags) | _PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone3(func, flags, exit_signal=exit_signal,  # type: ignore
                             stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
@@ -300,6 +324,8 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
     handles = None
     if stdin is not None or stdout is not None or stderr is not None:
+        from ._process import _Handles
+
         handles = _Handles(stdin, stdout, stderr, pipes=False)
     try:
         return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,  # type: ignore
@@ -318,7 +344,7 @@ __all__ = [
     "ns_get_owner_uid", "ns_get_parent", "ns_get_userns", "pidfd_open", "pivot_root", "setns",
     "unshare",
     "Popen", "run", "PIPE", "DEVNULL", "STDOUT", "get_include",
-    *CloneFlag.__members__,
-    *("CLONE_" + name for name in CloneFlag.__members__),
+    *_core.CLONE_FLAGS,
+    *("CLONE_" + name for name in _core.CLONE_FLAGS),
     *_core.KCMP_TYPES, *_core.NS_IOCTLS,
 ]

@@ -4,13 +4,28 @@ unshare(1) does (its options, messages and exit codes), plus --loopback and --ho
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import (NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
-               configure_loopback, unshare)
+from . import configure_loopback, unshare
+
+# signal.py builds three enums at import, typing pulls in re, the package makes CloneFlag (an
+# enum) on first use: only type checkers read these, the interpreter takes the same values
+# from _signal and the flags as plain ints from _core.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Iterator
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+    from . import NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS
+else:
+    import _signal as signal
+
+    from ._core import CLONE_FLAGS
+
+    NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS = (
+        CLONE_FLAGS[name] for name in ("NEWCGROUP", "NEWIPC", "NEWNET", "NEWNS", "NEWPID",
+                                       "NEWTIME", "NEWUSER", "NEWUTS"))
 
 PROG = "linux_clone"
 # option: (short option, CLONE_NEW*, the /proc/<pid>/ file a --<option>=FILE bind-mounts)
@@ -44,7 +59,7 @@ PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXF
 # Blocked while we wait, so that none of them ends the wait and leaves COMMAND running
 # unseen: SIGINT and SIGTERM as unshare --fork blocks them, SIGQUIT as system() ignores it (a
 # terminal sends ^C and ^\ to COMMAND too), SIGHUP as a hang-up reaches COMMAND as well.
-WAIT_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP}
+WAIT_SIGNALS: Set[int] = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP}
 
 USAGE = f"""
 Usage:
@@ -207,8 +222,7 @@ def signal_number(name: str) -> int:
             signum = signal.SIGRTMAX - int(digits) if top else signal.SIGRTMIN + int(digits)
             if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
                 return signum
-    elif bare.isalnum() and isinstance(getattr(signal, "SIG" + bare.upper(), None),
-                                       signal.Signals):
+    elif bare.isalnum() and isinstance(getattr(signal, "SIG" + bare.upper(), None), int):
         return int(getattr(signal, "SIG" + bare.upper()))
     raise Failure(f"unknown signal: {name}")
 
@@ -379,8 +393,8 @@ def parse_args(argv: List[str]) -> Options:
             print(USAGE)
             raise SystemExit(0)
         elif name == "version":
-            from importlib.metadata import version
-            print(f"{PROG} from linux_clone {version('linux_clone')}")
+            from . import __version__  # what pyproject.toml reads; importlib.metadata is slow
+            print(f"{PROG} from linux_clone {__version__}")
             raise SystemExit(0)
     if opts.offsets and not opts.flags & NEWTIME:
         raise Failure("options --monotonic and --boottime require unsharing of a time "

@@ -97,7 +97,9 @@ def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]
             assert result["ns"] > 0 and result["ratio"] > 0, (key, name, result)
             assert all(sample > 0 for sample in result["samples"]), (key, name)
         for target in row["targets"]:
-            assert target["value"] is not None and target["value"] > 0, (key, target)
+            # A difference ("over": import - python -c pass) is within the noise of 0.
+            assert target["value"] is not None, (key, target)
+            assert target["value"] > 0 or target["kind"] == "over", (key, target)
             assert isinstance(target["met"], bool)
     assert "cimport" in rows["setns"]["results"]
     assert "os" in rows["clone"]["results"]

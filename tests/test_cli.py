@@ -329,6 +329,42 @@ def test_help_and_version(util_linux_unshare: None, args: List[str]) -> None:
         else first == "Usage:"
 
 
+# What `python -m linux_clone --net -- true` runs, in an interpreter without site (so that
+# nothing a .pth file or sitecustomize imports hides an import): runpy's own imports are the
+# interpreter's; what is new by the exec is ours.
+LEAN_CLI = """
+import sys
+sys.path.insert(0, {site!r})
+import os, runpy
+before, execvp = set(sys.modules), os.execvp
+
+def report_then_exec(file, args):
+    made = "CloneFlag" in vars(sys.modules["linux_clone"])
+    print(made, *sorted(set(sys.modules) - before), flush=True)
+    execvp(file, args)
+
+os.execvp = report_then_exec
+sys.argv = ["linux_clone", "--net", "--", "true"]
+runpy.run_module("linux_clone", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_start_up_imports_only_what_it_needs(privileged: None) -> None:
+    """Start-up time: the CLI makes no enum (CloneFlag, signal's) and imports neither typing,
+    argparse nor anything the options given do not need."""
+    import linux_clone
+    site = os.path.dirname(os.path.dirname(linux_clone.__file__))
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", LEAN_CLI.format(site=site)],
+                            capture_output=True, text=True, env=python_env(), cwd="/",
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    made, *imported = result.stdout.split()
+    assert "linux_clone._core" in imported, imported
+    heavy = {"argparse", "ctypes", "enum", "importlib.metadata", "signal", "socket",
+             "threading", "typing"}
+    assert (made, heavy.intersection(imported)) == ("False", set()), imported
+
+
 @pytest.mark.parametrize("fork", [[], ["-f"]])
 @pytest.mark.parametrize("args", [
     ["-r"], ["-c"], ["--map-user=1000", "--map-group=100"], ["--map-user=nobody"],

@@ -1159,7 +1159,8 @@ import ctypes, ctypes.util, json, os, select, signal, sys, threading, time
 import linux_clone as lc
 
 SIGCHLD, SIGURG = signal.SIGCHLD, signal.SIGURG
-SETS = [eval(s, vars(lc), {"SIGCHLD": SIGCHLD, "SIGURG": SIGURG}) for s in SET_NAMES]
+API = {name: getattr(lc, name) for name in lc.__all__}  # the flags are made on first use
+SETS = [eval(s, API, {"SIGCHLD": SIGCHLD, "SIGURG": SIGURG}) for s in SET_NAMES]
 sys.setswitchinterval(1e-4)  # the main thread gets the GIL back quickly between clones
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -222,13 +222,42 @@ def test_idmap_is_the_id_map_type() -> None:
 # ---- import cost ----
 
 
-def test_import_needs_no_typing_or_contextlib(tmp_path: Path) -> None:
-    # typing, contextlib and signal (which builds enums) were most of the import's time; a
-    # fresh interpreter (-I: no checkout on sys.path) shows whether linux_clone loads them.
-    heavy = ["typing", "contextlib", "signal"]
-    code = ("import sys; before = set(sys.modules); import linux_clone; "
-            f"print(sorted((set(sys.modules) - before) & set({heavy!r})))")
-    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
-                            env=python_env(), capture_output=True, text=True, timeout=60)
+def _bare_python(code: str, cwd: Path) -> str:
+    """Run code in an interpreter without site (-S: no .pth file or sitecustomize imports
+    anything first) that finds the installed linux_clone; return its stdout."""
+    site = str(Path(linux_clone.__file__).parent.parent)
+    result = subprocess.run([sys.executable, "-I", "-S", "-c",
+                             f"import sys; sys.path.insert(0, {site!r}); {code}"],
+                            cwd=cwd, env=python_env(), capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    return result.stdout
+
+
+def test_import_needs_no_typing_or_contextlib(tmp_path: Path) -> None:
+    # typing, contextlib, signal and enum (signal builds enums; enum brings functools and
+    # collections on 3.11) and threading were most of the import's time: the package makes
+    # CloneFlag and imports _process on first use.
+    heavy = ["contextlib", "enum", "signal", "threading", "typing"]
+    code = ("before = set(sys.modules); import linux_clone; "
+            f"print(sorted(before & set({heavy!r})), sorted(set(sys.modules) & set({heavy!r})))")
+    assert _bare_python(code, tmp_path).split() == ["[]", "[]"]
+
+
+def test_lazy_names_are_the_api(tmp_path: Path) -> None:
+    # ns_get_nstype asked for first still answers with CloneFlag members; the flags, their
+    # CLONE_* aliases and _process's names come by attribute, by from-import and by *.
+    code = """
+import linux_clone
+nstype = linux_clone.ns_get_nstype("/proc/self/ns/net")
+assert type(nstype) is linux_clone.CloneFlag and nstype is linux_clone.NEWNET, repr(nstype)
+from linux_clone import CLONE_NEWUTS, NEWUTS, PIPE, Popen
+assert CLONE_NEWUTS is NEWUTS is linux_clone.CloneFlag.NEWUTS and PIPE == -1, PIPE
+assert Popen.__module__ == "linux_clone._process", Popen.__module__
+names = {}
+exec("from linux_clone import *", names)
+assert set(linux_clone.__all__) <= set(names), set(linux_clone.__all__) - set(names)
+assert linux_clone.CloneFlag.__module__ == "linux_clone"
+print("ok")
+"""
+    assert _bare_python(code, tmp_path) == "ok\n"
