@@ -20,7 +20,6 @@ from ._core import (
     ns_get_parent,
     ns_get_userns,
     pidfd_open,
-    pivot_root,
     setns,
     unshare,
 )
@@ -81,6 +80,22 @@ no signal number uses, so clone() reads 0x80 as NEWTIME."""
     globals().update({"CLONE_" + name: member for name, member in flag.__members__.items()})
     globals()["ns_get_nstype"] = _core.ns_get_nstype
     globals()["CloneFlag"] = flag  # last: its presence says the rest is there
+
+
+def pivot_root(new_root: "str | bytes | os.PathLike[str] | os.PathLike[bytes]",
+               old_root: "str | bytes | os.PathLike[str] | os.PathLike[bytes]") -> None:
+    """Make `new_root` the root of the calling process's mount namespace, as pivot_root(2).
+
+    new_root: the new root, a mount point (str, bytes or os.PathLike).
+    old_root: where the old root is mounted, at or under new_root.
+    What this package loads on first use (CloneFlag, Popen/run and subprocess) is loaded
+    first: once the old root is gone, the standard library may be out of reach.
+    """
+    __getattr__("CloneFlag")
+    __getattr__("Popen")
+    import subprocess  # noqa: F401  (Popen and run raise its exceptions)
+
+    _core.pivot_root(new_root, old_root)
 
 
 def __dir__() -> list[str]:

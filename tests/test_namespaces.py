@@ -20,7 +20,7 @@ import subprocess
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
-from conftest import drop_privileges, in_child, ns_inode
+from conftest import drop_privileges, in_child, ns_inode, run_python
 
 import linux_clone
 from linux_clone import CloneFlag
@@ -1062,3 +1062,38 @@ def test_ns_functions_by_path_close_their_files(regular_file: str) -> None:
     for func in NS_FUNCTIONS:
         raised(func, regular_file)
     assert open_fds() == before
+
+
+PIVOT_INTO_EMPTY_ROOT = r"""
+import ctypes, os, sys, tempfile
+import linux_clone
+from linux_clone import _core
+libc = ctypes.CDLL(None, use_errno=True)
+MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 0x40000, 2
+_core.unshare(_core.CLONE_FLAGS["NEWNS"])  # the raw call: no lazily made name touched yet
+assert libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+root = tempfile.mkdtemp()
+assert libc.mount(b"none", root.encode(), b"tmpfs", 0, None) == 0
+os.mkdir(os.path.join(root, "old"))
+os.chdir(root)
+linux_clone.pivot_root(".", "old")
+os.chdir("/")
+assert libc.umount2(b"/old", MNT_DETACH) == 0
+try:
+    import json  # noqa: F401
+    stdlib = "reachable"
+except ImportError:
+    stdlib = "gone"
+out = [stdlib, int(linux_clone.NEWNET), linux_clone.CloneFlag.NEWUTS.name,
+       linux_clone.Popen.__name__, linux_clone.run.__name__]
+print(out)
+"""
+
+
+def test_names_made_on_first_use_survive_pivot_root(privileged: None) -> None:
+    """`import linux_clone` makes CloneFlag and Popen/run on first use; pivot_root() makes
+    them before the old root, and the standard library with it, is gone."""
+    result = run_python(PIVOT_INTO_EMPTY_ROOT)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == str(
+        ["gone", int(linux_clone.NEWNET), "NEWUTS", "Popen", "run"])
