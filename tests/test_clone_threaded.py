@@ -208,7 +208,9 @@ def test_threaded_clone_after_unshare_newpid_is_a_clear_error(privileged: None) 
             linux_clone.unshare(NEWPID)
             with pytest.raises(RuntimeError, match="NEWPID") as raised:
                 linux_clone.clone(lambda: 0)
-        # The thread is still set to start the new namespace: a single-threaded clone does.
+        # The thread is still set to start the new namespace: a single-threaded clone does,
+        # once the kernel has released the joined thread (it can count it a moment longer).
+        assert wait_until(lambda: threads_now() == 1)
         pid = linux_clone.clone(lambda: 10 + os.getpid())
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         return str(raised.value), code, open_fds() == fds, my_children()
