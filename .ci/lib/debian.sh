@@ -1,27 +1,8 @@
 # Debian helpers for the .ci/ scripts (sourced, not run).
 
-# The Debian mirror this machine's apt uses (never another host): the URIs of the first
-# deb822 stanza, or one-line entry, whose suites are not the security ones.
-debian_mirror() {
-    local f
-    {
-        for f in /etc/apt/sources.list.d/*.sources; do
-            [[ -r $f ]] || continue
-            awk '
-                function flush() { if (uris != "" && suites !~ /-security/) { print uris; exit } }
-                /^[[:space:]]*$/ { flush(); uris = ""; suites = ""; next }
-                tolower($1) == "uris:" { uris = $2 }
-                tolower($1) == "suites:" { $1 = ""; suites = $0 }
-                END { flush() }
-            ' "$f"
-        done
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [[ -r $f ]] || continue
-            sed -E -n 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+([^[:space:]]+).*/\2 \3/p' "$f" \
-                | awk '$2 !~ /-security/ { print $1 }'
-        done
-    } | grep -m1 -E '/debian/?$'
-}
+# debian_mirror (the mirror this machine's apt uses) is lib.sh's.
+# shellcheck source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # apt_private DIR SUITE: set up (once) an apt state of its own in DIR that sees only SUITE's
 # main component on debian_mirror, and fill the array apt_opts with the options that make
