@@ -562,6 +562,10 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
         # Where / is shared (systemd makes it so), mounts made in the new namespace would
         # otherwise propagate back to the one we came from.
         mount("none", "/", None, opts.propagation, "cannot change root filesystem propagation")
+    if opts.root is not None or opts.uid is not None or opts.gid is not None:
+        # os.execvp imports warnings on first use (3.12+): after a chroot or a change of uid
+        # the standard library may be out of reach.
+        import warnings  # noqa: F401
     wd = opts.wd
     if opts.root is not None:
         try:

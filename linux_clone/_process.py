@@ -89,6 +89,15 @@ class _Handles:
         for fd in opened:
             os.close(fd)
 
+    # No comprehension runs in Popen.__init__'s try: 3.12+ inlines them (PEP 709), and a
+    # KeyboardInterrupt raised inside one skipped that try's handler (seen on 3.13.0).
+    def without_pipe_ends(self, fds: "List[int]") -> "List[int]":
+        ends = {fd for fd in self.parent if fd != -1}
+        return [fd for fd in fds if fd not in ends]
+
+    def child_stdio(self) -> "List[Optional[int]]":
+        return [None if fd == -1 else fd for fd in self.child]
+
     def close_all(self) -> None:
         self.close_child()
         for fd in self.parent:
@@ -164,12 +173,11 @@ class Popen:
             # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
             # child's copy of that end is closed, as subprocess closes it before its exec.
             # (-1 marks an unused end, not an fd: spawn rejects it in pass_fds.)
-            pipe_ends = {fd for fd in handles.parent if fd != -1}
-            pass_fds = [fd for fd in pass_fds if fd not in pipe_ends]
+            pass_fds = handles.without_pipe_ends(pass_fds)
             # As subprocess: the pipes are file objects before the child exists, so a bad
             # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
-            stdio = [None if fd == -1 else fd for fd in handles.child]
+            stdio = handles.child_stdio()
             # One statement from spawn's return to the fields __del__ reads: the interpreter
             # runs a signal handler (a KeyboardInterrupt) only once it is stored.
             self.pid, self.pidfd = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1],
