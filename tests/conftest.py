@@ -5,6 +5,7 @@ probe whose skips become failures when LINUX_CLONE_REQUIRE_PRIVILEGE=1 (as in CI
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import subprocess
@@ -359,3 +360,37 @@ class _Channel:
 
     def recv(self) -> Any:
         return receive_message(self.rfd)
+
+
+def remove_cgroup(path: str) -> None:
+    """rmdir a test's cgroup, retrying while the kernel still releases exited members."""
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as exc:  # EBUSY until the last exited member is released
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.005)
+
+
+# Hostile argument objects: fileno() / __fspath__ answer `value`, or raise it if it is an
+# exception.
+class Fileno:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class FsPath:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __fspath__(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value

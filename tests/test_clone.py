@@ -22,7 +22,7 @@ from linux_clone import (
     FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
     DETACHED, SYSVSEM, WALL,
 )
-from conftest import (drop_privileges, in_child, in_clone, ns_inode, run_python,
+from conftest import (drop_privileges, in_child, in_clone, ns_inode, remove_cgroup, run_python,
                       running_threads)
 
 SIGCHLD = signal.SIGCHLD
@@ -895,14 +895,7 @@ def cgroup_path(privileged: None) -> Iterator[str]:
     try:
         yield path
     finally:
-        for _ in range(200):
-            try:
-                os.rmdir(path)
-                break
-            except OSError as exc:  # EBUSY until the last exited member is released
-                if exc.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.005)
+        remove_cgroup(path)
 
 
 def _fd_targets() -> List[str]:

@@ -19,7 +19,7 @@ import pytest
 import seccomp_eras
 
 import linux_clone
-from conftest import in_child, running_threads
+from conftest import Fileno, FsPath, in_child, running_threads
 
 pytestmark = pytest.mark.usefixtures("privileged")
 
@@ -414,26 +414,6 @@ def test_a_pid_is_converted_once_for_every_use() -> None:
                 pass
         return calls
     assert in_child(run) == [1]
-
-
-class Fileno:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def fileno(self) -> Any:
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
-
-
-class FsPath:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __fspath__(self) -> Any:
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
 
 
 @pytest.mark.parametrize("ns, exc_type", [

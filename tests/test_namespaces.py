@@ -20,7 +20,7 @@ import subprocess
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
-from conftest import drop_privileges, in_child, ns_inode, run_python
+from conftest import Fileno, FsPath, drop_privileges, in_child, ns_inode, run_python
 
 import linux_clone
 from linux_clone import CloneFlag
@@ -520,26 +520,6 @@ def test_setns_path_with_nul_is_value_error(path: Any) -> None:
 def test_setns_fileno_exception_passes_through() -> None:
     exc = in_child(raised, linux_clone.setns, BrokenFileno())
     assert (type(exc), str(exc)) == (ZeroDivisionError, "fileno failed")
-
-
-class Fileno:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def fileno(self) -> Any:
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
-
-
-class FsPath:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __fspath__(self) -> Any:
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
 
 
 HOSTILE_NS = [

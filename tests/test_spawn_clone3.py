@@ -23,7 +23,8 @@ from linux_clone import (
     FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
     PARENT, PIDFD, WALL,
 )
-from conftest import drop_privileges, in_child, in_clone, run_python, running_threads
+from conftest import (drop_privileges, in_child, in_clone, remove_cgroup, run_python,
+                      running_threads)
 
 NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
@@ -154,14 +155,7 @@ def cgroup_dir(privileged: None) -> Iterator[Tuple[str, str]]:
     try:
         yield path, "0::/" + os.path.relpath(path, mount)
     finally:
-        for _ in range(200):
-            try:
-                os.rmdir(path)
-                break
-            except OSError as exc:  # EBUSY until the last exited member is released
-                if exc.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.005)
+        remove_cgroup(path)
 
 
 def free_pid() -> int:
