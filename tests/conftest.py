@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
@@ -166,6 +166,59 @@ def drop_privileges(uid: int = 65534, gid: int = 65534) -> None:
 def ns_inode(kind: str, pid: Union[int, str] = "self") -> int:
     """The inode of /proc/<pid>/ns/<kind>: equal inodes, same namespace."""
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def wait_code(pid: int, options: int = 0) -> int:
+    """Reap `pid`; its exit code as subprocess reports it (-N: killed by signal N)."""
+    _, status = os.waitpid(pid, options)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fd_count() -> int:
+    """How many fds this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def children_of(pid: int) -> List[int]:
+    """The pids whose parent is `pid` (zombies included), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+            found.append(int(name))
+    return found
+
+
+def pidfd_exit(result: Any, options: int = 0) -> Tuple[int, int, int]:
+    """For the (pid, pidfd) a clone or spawn returned: check that the pidfd is close-on-exec
+    and refers to pid, wait through it (WEXITED | options) and close it; the child's
+    (si_pid, si_code, si_status)."""
+    assert isinstance(result, tuple) and len(result) == 2
+    pid, pidfd = result
+    try:
+        assert not os.get_inheritable(pidfd)
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            assert f"Pid:\t{pid}\n" in f.read()
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | options)
+    finally:
+        os.close(pidfd)
+    assert info is not None
+    return info.si_pid, info.si_code, info.si_status
+
+
+def no_children_left() -> bool:
+    """True when this process has no child at all, running or zombie."""
+    try:
+        os.waitpid(-1, os.WNOHANG | 0x40000000)  # __WALL: any exit signal
+    except ChildProcessError:
+        return children_of(os.getpid()) == []
+    return False
 
 
 # ---- a sandbox: a process in namespaces of its own, driven through pipes ----
@@ -385,6 +438,9 @@ class Fileno:
             raise self.value
         return self.value
 
+    def __repr__(self) -> str:
+        return f"Fileno({self.value!r})"
+
 
 class FsPath:
     def __init__(self, value: Any) -> None:
@@ -394,3 +450,6 @@ class FsPath:
         if isinstance(self.value, BaseException):
             raise self.value
         return self.value
+
+    def __repr__(self) -> str:
+        return f"FsPath({self.value!r})"

@@ -2,7 +2,8 @@
 its own mount, network, UTS and IPC namespaces that reads pickled calls on stdin, runs them
 in a forked case process, and answers how each call ended.
 
-It imports only linux_clone, so that forking stays cheap.  A case process runs calls one
+It imports only linux_clone (and the hostile Fileno and FsPath of conftest), so that forking
+stays cheap.  A case process runs calls one
 after another until one changes it (a successful unshare, setns, pivot_root or entered) or
 it dies; a crash names the call in flight, the calls before it in that process, and whether
 the call alone crashes a fresh process.  `Ref` names what exists only here (fds, file
@@ -24,6 +25,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import linux_clone
+from conftest import Fileno, FsPath
 
 MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
@@ -31,36 +33,6 @@ PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 class ArgError(Exception):
     """What the hostile arguments raise; it may pass through the library unchanged."""
-
-
-class Fileno:
-    """An object whose fileno() returns `value` (any object) or raises ArgError."""
-
-    def __init__(self, value: Any, raises: bool = False) -> None:
-        self.value, self.raises = value, raises
-
-    def fileno(self) -> Any:
-        if self.raises:
-            raise ArgError("fileno")
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"Fileno({self.value!r}, raises={self.raises})"
-
-
-class FsPath:
-    """An os.PathLike whose __fspath__ returns `value` or raises ArgError."""
-
-    def __init__(self, value: Any, raises: bool = False) -> None:
-        self.value, self.raises = value, raises
-
-    def __fspath__(self) -> Any:
-        if self.raises:
-            raise ArgError("__fspath__")
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"FsPath({self.value!r}, raises={self.raises})"
 
 
 class Index:

@@ -22,8 +22,9 @@ from linux_clone import (
     FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
     DETACHED, SYSVSEM, WALL,
 )
-from conftest import (drop_privileges, in_child, in_clone, ns_inode, remove_cgroup, run_python,
-                      running_threads)
+from conftest import (children_of, drop_privileges, in_child, in_clone, no_children_left,
+                      ns_inode, pidfd_exit, remove_cgroup, run_python, running_threads,
+                      wait_code)
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
@@ -34,12 +35,6 @@ MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
 # ---- helpers ----
 
-def wait_code(pid: int, options: int = 0) -> int:
-    """Reap `pid`; its exit code as subprocess reports it (-N: killed by signal N)."""
-    _, status = os.waitpid(pid, options)
-    return os.waitstatus_to_exitcode(status)
-
-
 def clone_call(func: Callable[[], Any], flags: int = SIGCHLD, stack_size: int = 0,
                **maps: Any) -> Any:
     """Call func() in a clone child and return what it returned."""
@@ -47,31 +42,6 @@ def clone_call(func: Callable[[], Any], flags: int = SIGCHLD, stack_size: int = 
                            func)
     assert code == 0, f"clone child exited with {code} (its traceback is on stderr)"
     return value
-
-
-def children_of(pid: int) -> List[int]:
-    """The pids whose parent is `pid` (zombies included), from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-            found.append(int(name))
-    return found
-
-
-def no_children_left() -> bool:
-    """True when this process has no child at all, running or zombie."""
-    try:
-        os.waitpid(-1, os.WNOHANG | WALL)
-    except ChildProcessError:
-        return children_of(os.getpid()) == []
-    return False
 
 
 def become_nobody() -> None:
@@ -524,17 +494,7 @@ def test_pidfd_is_returned_and_waitable(variant: Any) -> None:
     stack_size, flags, threads = variant
     with running_threads(threads):
         result = linux_clone.clone(lambda: 17, stack_size, flags | PIDFD)
-    assert isinstance(result, tuple) and len(result) == 2
-    pid, pidfd = result
-    try:
-        assert not os.get_inheritable(pidfd)
-        with open(f"/proc/self/fdinfo/{pidfd}") as f:
-            assert f"Pid:\t{pid}\n" in f.read()
-        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-    finally:
-        os.close(pidfd)
-    assert info is not None
-    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 17)
+    assert pidfd_exit(result) == (result[0], os.CLD_EXITED, 17)
 
 
 def test_pidfd_with_exit_signal_0(privileged: None) -> None:

@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import linux_clone
-from conftest import in_child, python_env
+from conftest import Fileno, FsPath, in_child, python_env
 from fuzz_server import (CHILD_FUNCS, FIXTURE_FDS, FIXTURE_OBJECTS, FIXTURE_PATHS, NS_NAMES,
-                         BadMapping, BadSequence, Fileno, FsPath, Index, MyInt, MyStr, Ref)
+                         ArgError, BadMapping, BadSequence, Index, MyInt, MyStr, Ref)
 
 FUNCTIONS = ["unshare", "setns", "pivot_root", "kcmp", "configure_loopback", "ns_get_userns",
              "ns_get_parent", "ns_get_nstype", "ns_get_owner_uid", "pidfd_open", "entered",
@@ -69,7 +69,8 @@ PATHS = [*(f"/proc/self/ns/{ns}" for ns in NS_NAMES), "/proc/thread-self/ns/mnt"
 # Programs spawn() may run: harmless ones, or none at all.
 PROGRAMS = ["/bin/true", "true", b"/bin/true", FsPath("/bin/true"), "/bin/false",
             "/nonexistent/prog", "nonexistent-prog-fuzz", "", "/", "/etc/passwd", "/dev/null",
-            "/tmp", "/bin/true\0x", b"\0", "\udcff", None, 5, FsPath(None), FsPath(1, True)]
+            "/tmp", "/bin/true\0x", b"\0", "\udcff", None, 5, FsPath(None),
+            FsPath(ArgError("__fspath__"))]
 
 
 # ---- strategies ----
@@ -95,8 +96,9 @@ fileno_values = st.one_of(fds, st.sampled_from([-1, -2, 2**31, 2**40, 2**64, "3"
 # objects whose fileno(), __fspath__ or __index__ raise or return nonsense.
 hostile = st.one_of(
     scalars(), fds, objects, st.sampled_from(PATHS),
-    st.builds(Fileno, fileno_values, st.booleans()),
-    st.builds(FsPath, st.one_of(st.sampled_from(PATHS), scalars()), st.booleans()))
+    st.builds(Fileno, fileno_values | st.builds(ArgError, st.just("fileno"))),
+    st.builds(FsPath, st.one_of(st.sampled_from(PATHS), scalars(),
+                                st.builds(ArgError, st.just("__fspath__")))))
 
 
 def flags(signal_byte: bool = False) -> st.SearchStrategy:

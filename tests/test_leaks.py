@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import pytest
 
 import linux_clone
-from conftest import drop_privileges, in_child, run_python
+from conftest import Fileno, drop_privileges, in_child, run_python
 
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
@@ -117,14 +117,6 @@ def _expect_errno(err: int, func: Callable[..., Any], *args: Any) -> Callable[[]
         else:
             raise AssertionError(f"{func.__name__}{args!r} did not fail")
     return step
-
-
-class Fileno:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
 
 
 # ---- 10,000 calls of each cheap function ----

@@ -209,11 +209,6 @@ def start_pid_namespace() -> None:
     os.waitpid(pid, 0)
 
 
-class BrokenFileno:
-    def fileno(self) -> int:
-        raise ZeroDivisionError("fileno failed")
-
-
 @pytest.fixture
 def regular_file(tmp_path: pathlib.Path) -> str:
     path = tmp_path / "regular"
@@ -518,7 +513,7 @@ def test_setns_path_with_nul_is_value_error(path: Any) -> None:
 
 
 def test_setns_fileno_exception_passes_through() -> None:
-    exc = in_child(raised, linux_clone.setns, BrokenFileno())
+    exc = in_child(raised, linux_clone.setns, Fileno(ZeroDivisionError("fileno failed")))
     assert (type(exc), str(exc)) == (ZeroDivisionError, "fileno failed")
 
 
@@ -1031,7 +1026,7 @@ def test_ns_function_missing_path_is_file_not_found(func: Callable[[Any], int],
 
 @pytest.mark.parametrize("func", NS_FUNCTIONS)
 def test_ns_function_fileno_exception_passes_through(func: Callable[[Any], int]) -> None:
-    exc = raised(func, BrokenFileno())
+    exc = raised(func, Fileno(ZeroDivisionError("fileno failed")))
     assert (type(exc), str(exc)) == (ZeroDivisionError, "fileno failed")
 
 

@@ -17,7 +17,7 @@ import pytest
 import linux_clone
 from linux_clone import NEWNET, NEWUSER
 
-from conftest import in_child, run_python
+from conftest import fd_count, in_child, run_python
 
 # The program whose fds are compared: {fd: what it is} for every fd it has at start, pipes
 # and sockets by kind only (their inodes differ between runs).
@@ -39,10 +39,6 @@ def both(call: Callable[[Any], Any]) -> Tuple[Any, Any]:
     """call(subprocess) and call(linux_clone), each in a forked child (so fds opened or closed
     for the case stay there): their results."""
     return in_child(call, subprocess), in_child(call, linux_clone)
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # ---- the names ----

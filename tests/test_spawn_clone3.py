@@ -23,8 +23,9 @@ from linux_clone import (
     FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
     PARENT, PIDFD, WALL,
 )
-from conftest import (drop_privileges, in_child, in_clone, remove_cgroup, run_python,
-                      running_threads)
+from conftest import (Fileno, children_of, drop_privileges, fd_count, in_child, in_clone,
+                      no_children_left, pidfd_exit, remove_cgroup, run_python, running_threads,
+                      wait_code)
 
 NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
@@ -33,40 +34,6 @@ BAD_MAP = "0 1000 10\n5 2000 10"  # overlapping ranges: the kernel refuses it wi
 
 
 # ---- helpers ----
-
-def wait_code(pid: int, options: int = 0) -> int:
-    """Reap `pid`; its exit code as subprocess reports it (-N: killed by signal N)."""
-    _, status = os.waitpid(pid, options)
-    return os.waitstatus_to_exitcode(status)
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def children_of(pid: int) -> List[int]:
-    """The pids whose parent is `pid` (zombies included), from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-                found.append(int(name))
-    return found
-
-
-def no_children_left() -> bool:
-    """True when this process has no child at all, running or zombie."""
-    try:
-        os.waitpid(-1, os.WNOHANG | WALL)
-    except ChildProcessError:
-        return children_of(os.getpid()) == []
-    return False
-
 
 def raises_cleanly(call: Callable[[], Any]) -> Tuple[BaseException, bool, int]:
     """In a forked child: call() must raise.  The exception, whether no process is left behind,
@@ -231,28 +198,10 @@ def test_clone3_pidfd(flags: int, exit_signal: int, options: int, request: Any) 
     if flags & NEWPID:
         request.getfixturevalue("privileged")
     result = linux_clone.clone3(lambda: 17, flags, exit_signal=exit_signal)
-    assert isinstance(result, tuple) and len(result) == 2
-    pid, pidfd = result
-    try:
-        assert not os.get_inheritable(pidfd)
-        with open(f"/proc/self/fdinfo/{pidfd}") as f:
-            assert f"Pid:\t{pid}\n" in f.read()
-        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | options)
-    finally:
-        os.close(pidfd)
-    assert info is not None
-    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 17)
+    assert pidfd_exit(result, options) == (result[0], os.CLD_EXITED, 17)
 
 
 # ---- cgroup ----
-
-class _FileNo:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
-
 
 @pytest.mark.parametrize("form", ["str", "bytes", "pathlib"])
 @pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
@@ -269,7 +218,7 @@ def test_clone3_into_cgroup_by_path(form: str, threads: int,
     assert fd_count() == before  # the path was opened and closed again
 
 
-@pytest.mark.parametrize("wrap", [int, _FileNo], ids=["int", "fileno"])
+@pytest.mark.parametrize("wrap", [int, Fileno], ids=["int", "fileno"])
 @pytest.mark.parametrize("flags", [0, INTO_CGROUP, PIDFD])
 def test_clone3_into_cgroup_by_fd(wrap: Any, flags: int, cgroup_dir: Tuple[str, str]) -> None:
     path, line = cgroup_dir
@@ -640,17 +589,7 @@ def test_spawn_pidfd(how: str, request: Any) -> None:
         request.getfixturevalue("privileged")
         flags, kwargs["uid_map"] = NEWUSER, "0 0 1"
     result = linux_clone.spawn(["/bin/sh", "-c", "exit 9"], flags, **kwargs)
-    assert isinstance(result, tuple) and len(result) == 2
-    pid, pidfd = result
-    try:
-        assert not os.get_inheritable(pidfd)
-        with open(f"/proc/self/fdinfo/{pidfd}") as f:
-            assert f"Pid:\t{pid}\n" in f.read()
-        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-    finally:
-        os.close(pidfd)
-    assert info is not None
-    assert (info.si_pid, info.si_code, info.si_status) == (pid, os.CLD_EXITED, 9)
+    assert pidfd_exit(result) == (result[0], os.CLD_EXITED, 9)
 
 
 def test_spawn_without_pidfd_returns_a_pid() -> None:
