@@ -3,7 +3,6 @@ maps and threaded parents, each checked against the kernel's answer."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -28,7 +27,6 @@ from conftest import (children_of, drop_privileges, in_child, in_clone, no_child
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
-PR_SET_DUMPABLE = 4
 PAGE = os.sysconf("SC_PAGESIZE")
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
@@ -42,13 +40,6 @@ def clone_call(func: Callable[[], Any], flags: int = SIGCHLD, stack_size: int = 
                            func)
     assert code == 0, f"clone child exited with {code} (its traceback is on stderr)"
     return value
-
-
-def become_nobody() -> None:
-    """Drop to uid/gid 65534 as a user logged in as nobody would be: dumpable again (a uid
-    change clears it), so this process and its children own their /proc/<pid> files."""
-    drop_privileges(NOBODY, NOBODY)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def ns_inodes(kinds: List[str]) -> Dict[str, int]:
@@ -474,7 +465,7 @@ def test_hostname_in_newuts_child_does_not_leak(privileged: None) -> None:
 
 def test_newuser_newnet_works_unprivileged(privileged: None) -> None:
     def attempt() -> Any:
-        become_nobody()
+        drop_privileges(NOBODY, NOBODY)
         with pytest.raises(PermissionError) as denied:
             linux_clone.clone(lambda: 0, 0, NEWNET | SIGCHLD)
         mine = ns_inodes(["net", "user"])
@@ -943,7 +934,7 @@ def test_id_maps_as_root(maps: Dict[str, Any], ids: Any, privileged: None) -> No
 
 def test_id_maps_unprivileged(privileged: None) -> None:
     def attempt() -> Any:
-        become_nobody()
+        drop_privileges(NOBODY, NOBODY)
         inner = clone_call(_ids, NEWUSER | SIGCHLD, uid_map=f"0 {NOBODY} 1",
                            gid_map=[(0, NOBODY, 1)], setgroups="deny")
         return inner, no_children_left()
@@ -990,7 +981,7 @@ def _bad_map_attempt(unprivileged: bool, flags: int, maps: Dict[str, Any]) -> An
     """In a child: a clone whose maps the kernel refuses; returns the exception, whether any
     process is left, whether func ran, and whether an fd leaked."""
     if unprivileged:
-        become_nobody()
+        drop_privileges(NOBODY, NOBODY)
     rfd, wfd = os.pipe()
     fds = len(os.listdir("/proc/self/fd"))
     try:
@@ -1083,7 +1074,7 @@ def test_threaded_parent_clone_newuser_newpid(privileged: None) -> None:
 
 def test_threaded_parent_newuser_contrast_with_unshare(privileged: None) -> None:
     def attempt() -> Any:
-        become_nobody()
+        drop_privileges(NOBODY, NOBODY)
         with running_threads(4):
             with pytest.raises(OSError) as refused:
                 linux_clone.unshare(NEWUSER)

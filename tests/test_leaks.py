@@ -33,7 +33,7 @@ CHILDREN = 1_000
 # Slack over a loop: fds and mappings exactly flat; RSS may move by allocator noise.
 RSS_SLACK_KB = 1024
 MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 NOBODY = 65534
 NPROC_UID = 64977  # a uid of its own, so that nothing else counts against its RLIMIT_NPROC
 
@@ -593,9 +593,6 @@ def test_unprivileged_inside_own_user_namespace(privileged: None) -> None:
     def run() -> Dict[str, Any]:
         "127.0.0.1".encode("idna")  # socket imports this codec, from where nobody cannot read
         drop_privileges(NOBODY, NOBODY)
-        # setuid() made this process undumpable, and so its children, whose /proc/<pid>
-        # files then belong to root: the uid_map of the child would be closed to us.
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
         return _inside_own_user_namespace()
     assert in_child(run) == {"uid": 0, "loopback": "ok", "unshare, setns": "ok",
                              "pivot_root": ["old"], "clone(NEWNET)": 0, "status": 0,

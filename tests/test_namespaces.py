@@ -27,7 +27,6 @@ from linux_clone import CloneFlag
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 0x40000, 2  # <sys/mount.h>
-PR_SET_DUMPABLE = 4  # <sys/prctl.h>
 NS_FUNCTIONS = [linux_clone.ns_get_userns, linux_clone.ns_get_parent,
                 linux_clone.ns_get_nstype, linux_clone.ns_get_owner_uid]
 OTHER_UID = 12345  # an unprivileged uid that is not the overflow uid 65534
@@ -54,9 +53,6 @@ def raised(func: Callable[..., Any], *args: Any) -> Any:
 def become(uid: int) -> None:
     """Become an unprivileged user -- only in a child."""
     drop_privileges(uid, uid)
-    # setuid() made the process undumpable, which makes /proc/self root's; a user's own
-    # process is dumpable, so that it can read its /proc/self/ns.
-    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def as_nobody(func: Callable[..., Any], *args: Any) -> Any:
