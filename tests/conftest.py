@@ -115,8 +115,24 @@ def run_python(code: str, *, timeout: float = 120, input: Optional[bytes] = None
                **kwargs: Any) -> subprocess.CompletedProcess:
     """Run `code` in a new interpreter (this one's) with pipes for stdout and stderr, from /
     unless told otherwise: in the checkout the source tree would shadow the installed package."""
+    return _run_interpreter(["-c", code], timeout, input, kwargs)
+
+
+PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
+
+
+def run_program(name: str, *args: Any, timeout: float = 120, input: Optional[bytes] = None,
+                **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run tests/programs/<name>.py with `args` (as strings) on its command line, as run_python
+    runs code."""
+    return _run_interpreter([os.path.join(PROGRAMS, f"{name}.py"), *map(str, args)], timeout,
+                            input, kwargs)
+
+
+def _run_interpreter(args: List[str], timeout: float, input: Optional[bytes],
+                     kwargs: Dict[str, Any]) -> subprocess.CompletedProcess:
     kwargs.setdefault("cwd", "/")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
+    return subprocess.run([sys.executable, *args], capture_output=True, timeout=timeout,
                           env=python_env(), input=input, **kwargs)
 
 

@@ -22,8 +22,8 @@ from linux_clone import (
     DETACHED, SYSVSEM, WALL,
 )
 from conftest import (children_of, drop_privileges, in_child, in_clone, no_children_left,
-                      ns_inode, pidfd_exit, remove_cgroup, run_python, running_threads,
-                      wait_code)
+                      ns_inode, pidfd_exit, remove_cgroup, run_program, run_python,
+                      running_threads, wait_code)
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
@@ -131,7 +131,7 @@ EXIT_CODES = [0, 1, 255, 256, -1, -255, 2**31 - 1, 2**31, 2**32 + 3, 2**63 - 1, 
 
 # The interpreter's own answer: sys.exit(code) at the top level of a forked child.
 TOP_LEVEL_EXIT = """
-import os, sys
+import json, os, sys
 class _TwistedInt(int):
     __and__ = __index__ = __int__ = lambda *args: 0
 codes = [0, 1, 255, 256, -1, -255, 2**31 - 1, 2**31, 2**32 + 3, 2**63 - 1, 2**63,
@@ -142,7 +142,7 @@ for code in codes:
     if pid == 0:
         sys.exit(code)
     statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(statuses)
+print(json.dumps(statuses))
 """
 
 
@@ -150,7 +150,7 @@ print(statuses)
 def top_level_exit_statuses() -> List[int]:
     proc = run_python(TOP_LEVEL_EXIT)
     assert proc.returncode == 0, proc.stderr.decode()
-    statuses = eval(proc.stdout)
+    statuses = json.loads(proc.stdout)
     assert len(statuses) == len(EXIT_CODES) and statuses[EXIT_CODES.index(2**63)] == 255
     return statuses  # type: ignore[no-any-return]
 
@@ -186,28 +186,10 @@ def test_child_never_returns_into_the_caller(func: Callable[[], Any], stack_size
 
 # ---- the child is a normal Python process, as after os.fork() ----
 
-AT_FORK = """
-import os, sys, threading, linux_clone
-events = []
-os.register_at_fork(before=lambda: events.append("before"),
-                    after_in_parent=lambda: events.append("after_in_parent"),
-                    after_in_child=lambda: events.append("after_in_child"))
-stop = threading.Event()
-threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
-for t in threads:
-    t.start()
-pid = linux_clone.clone(lambda: print("child", events), STACK_SIZE)
-_, status = os.waitpid(pid, 0)
-stop.set()
-print("parent", events, os.waitstatus_to_exitcode(status))
-"""
-
-
 @pytest.mark.parametrize("threads", [0, 2], ids=["single-threaded", "threaded"])
 @pytest.mark.parametrize("stack_size", [0, MIN_STACK])
 def test_at_fork_hooks_run(threads: int, stack_size: int) -> None:
-    code = AT_FORK.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
-    proc = run_python(code, cwd="/")
+    proc = run_program("at_fork", threads, stack_size)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().splitlines() == [
         "child ['before', 'after_in_child']",
@@ -359,39 +341,14 @@ def test_child_exits_as_a_multiprocessing_child(ending: str, code: int,
 
 # ---- output: written once, never lost ----
 
-OUTPUT = """
-import os, sys, threading, linux_clone
-stop = threading.Event()
-threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
-for t in threads:
-    t.start()
-print("parent before clone")
-sys.stderr.write("parent stderr before clone\\n")
-
-def child():
-    print("child stdout", end="")
-    print(" line")
-    print("child stderr", file=sys.stderr)
-    ENDING
-
-pid = linux_clone.clone(child, STACK_SIZE, FLAGS)
-_, status = os.waitpid(pid, linux_clone.WALL)
-stop.set()
-print("parent after", os.waitstatus_to_exitcode(status))
-"""
-
-
-@pytest.mark.parametrize("ending, code", [("return 0", 0), ("raise SystemExit(6)", 6),
-                                          ("raise KeyError('k')", 1)],
+@pytest.mark.parametrize("ending, code", [("return", 0), ("exit", 6), ("raise", 1)],
                          ids=["return", "exit", "raise"])
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 def test_output_reaches_pipes_once(variant: Any, ending: str, code: int) -> None:
     stack_size, flags, threads = variant
     if flags & NEWPID:
         flags &= ~0xFF  # exit signal 0: the child is reaped with WALL
-    script = (OUTPUT.replace("THREADS", str(threads)).replace("STACK_SIZE", str(stack_size))
-              .replace("FLAGS", str(int(flags))).replace("ENDING", ending))
-    proc = run_python(script, cwd="/")
+    proc = run_program("output", threads, stack_size, int(flags), ending)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().splitlines() == [
         "parent before clone", "child stdout line", f"parent after {code}"]
@@ -566,45 +523,10 @@ def test_recursion_on_a_dedicated_stack() -> None:
     assert clone_call(child, SIGCHLD, 2 * MIN_STACK) == (500, 602, 602)
 
 
-STACK_LEAK = """
-import json, os, threading, linux_clone
-
-def snapshot():
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return {"maps": len(open("/proc/self/maps").readlines()),
-            "vmsize": int(status["VmSize"].split()[0]), "rss": int(status["VmRSS"].split()[0]),
-            "fds": len(os.listdir("/proc/self/fd"))}
-
-def run(n):
-    wrong = 0
-    for i in range(n):
-        pid = linux_clone.clone(lambda: i % 7, linux_clone._core.MIN_STACK_SIZE)
-        wrong += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != i % 7
-    return wrong
-
-stop = threading.Event()
-threads = [threading.Thread(target=stop.wait) for _ in range(THREADS)]
-for t in threads:
-    t.start()
-run(50)
-before = snapshot()
-wrong = run(CLONES)
-after = snapshot()
-try:
-    os.waitpid(-1, os.WNOHANG | linux_clone.WALL)
-    children = True
-except ChildProcessError:
-    children = False
-stop.set()
-print(json.dumps({"before": before, "after": after, "wrong": wrong, "children": children}))
-"""
-
-
 @pytest.mark.parametrize("threads, clones", [(0, 1000), (2, 300)],
                          ids=["single-threaded", "threaded"])
 def test_stack_not_leaked_over_many_clones(threads: int, clones: int) -> None:
-    proc = run_python(STACK_LEAK.replace("THREADS", str(threads))
-                      .replace("CLONES", str(clones)), cwd="/")
+    proc = run_program("stack_leak", threads, clones)
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     before, after = report["before"], report["after"]
@@ -732,19 +654,25 @@ CONVERTED_TWICE = AssertionError("converted a second time")
 
 
 @pytest.mark.parametrize("call, names", [
-    ("clone(func, stack_size, flags)", ["stack_size", "flags"]),
-    ("clone(func, stack_size, flags, uid_map='0 0 1')", ["stack_size", "flags"]),
-    ("clone3(func, flags, exit_signal=exit_signal, stack_size=stack_size, set_tid=[tid])",
+    (lambda func, stack_size, flags, **_: linux_clone.clone(func, stack_size, flags),
+     ["stack_size", "flags"]),
+    (lambda func, stack_size, flags, **_: linux_clone.clone(func, stack_size, flags,
+                                                            uid_map="0 0 1"),
+     ["stack_size", "flags"]),
+    (lambda func, flags, exit_signal, stack_size, tid: linux_clone.clone3(
+        func, flags, exit_signal=exit_signal, stack_size=stack_size, set_tid=[tid]),
      ["flags", "exit_signal", "stack_size", "tid"]),
-    ("clone3(func, flags, exit_signal=exit_signal, stack_size=stack_size, uid_map='0 0 1')",
+    (lambda func, flags, exit_signal, stack_size, **_: linux_clone.clone3(
+        func, flags, exit_signal=exit_signal, stack_size=stack_size, uid_map="0 0 1"),
      ["flags", "exit_signal", "stack_size"]),
 ], ids=["clone", "clone-maps", "clone3", "clone3-maps"])
-def test_each_argument_is_converted_once(call: str, names: List[str],
+def test_each_argument_is_converted_once(call: Callable[..., Any], names: List[str],
                                          privileged: None) -> None:
+    # clone() takes the exit signal in flags, clone3() as exit_signal.
     values = {"stack_size": MIN_STACK, "exit_signal": SIGCHLD, "tid": 1,
-              "flags": NEWUSER | NEWPID | (SIGCHLD if call.startswith("clone(") else 0)}
+              "flags": NEWUSER | NEWPID | (0 if "exit_signal" in names else SIGCHLD)}
     args = {name: Shifty(values[name], CONVERTED_TWICE) for name in values}
-    pid = eval(call, vars(linux_clone), {"func": lambda: 40 + os.getpid(), **args})
+    pid = call(lambda: 40 + os.getpid(), **args)
     assert wait_code(pid) == 41  # pid 1 in its new pid namespace
     assert {name: args[name].calls for name in names} == {name: 1 for name in names}
 
@@ -771,16 +699,26 @@ def test_flags_that_become_vfork_on_a_second_look(privileged: None) -> None:
 
 
 @pytest.mark.parametrize("call", [
-    "clone(func, bad)", "clone(func, 0, bad)", "clone(func, 0, bad, uid_map='0 0 1')",
-    "clone3(func, bad)", "clone3(func, exit_signal=bad)", "clone3(func, stack_size=bad)",
-    "clone3(func, set_tid=[bad], cgroup=path)", "clone3(func, stack_size=bad, cgroup=path)",
-    "clone3(func, bad, uid_map='0 0 1')",
+    pytest.param(lambda func, bad, path: linux_clone.clone(func, bad), id="clone(func, bad)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone(func, 0, bad),
+                 id="clone(func, 0, bad)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone(func, 0, bad, uid_map="0 0 1"),
+                 id="clone(func, 0, bad, uid_map='0 0 1')"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, bad), id="clone3(func, bad)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, exit_signal=bad),
+                 id="clone3(func, exit_signal=bad)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, stack_size=bad),
+                 id="clone3(func, stack_size=bad)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, set_tid=[bad], cgroup=path),
+                 id="clone3(func, set_tid=[bad], cgroup=path)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, stack_size=bad, cgroup=path),
+                 id="clone3(func, stack_size=bad, cgroup=path)"),
+    pytest.param(lambda func, bad, path: linux_clone.clone3(func, bad, uid_map="0 0 1"),
+                 id="clone3(func, bad, uid_map='0 0 1')"),
 ])
-def test_index_that_raises(call: str, tmp_path: Any) -> None:
+def test_index_that_raises(call: Callable[..., Any], tmp_path: Any) -> None:
     bad = Shifty(LookupError("from __index__"))
-    exc, clean = _raises_leaving_nothing(
-        lambda: eval(call, vars(linux_clone),
-                     {"func": lambda: 0, "bad": bad, "path": str(tmp_path)}))
+    exc, clean = _raises_leaving_nothing(lambda: call(lambda: 0, bad, str(tmp_path)))
     assert isinstance(exc, LookupError) and str(exc) == "from __index__"
     assert clean
 
@@ -1016,14 +954,19 @@ def test_bad_map_raises_in_parent_and_reaps_child(unprivileged: bool, maps: Dict
 
 
 @pytest.mark.parametrize("call", [
-    "clone(func, 0, NEWUSER | FILES | 17, uid_map='0 0 1')",
-    "clone(func, 0, NEWUSER | FILES | 17, setgroups='deny')",
-    "clone3(func, NEWUSER | FILES, gid_map='0 0 1')",
+    pytest.param(lambda: linux_clone.clone(lambda: 0, 0, NEWUSER | linux_clone.FILES | 17,
+                                           uid_map="0 0 1"),
+                 id="clone(func, 0, NEWUSER | FILES | 17, uid_map='0 0 1')"),
+    pytest.param(lambda: linux_clone.clone(lambda: 0, 0, NEWUSER | linux_clone.FILES | 17,
+                                           setgroups="deny"),
+                 id="clone(func, 0, NEWUSER | FILES | 17, setgroups='deny')"),
+    pytest.param(lambda: linux_clone.clone3(lambda: 0, NEWUSER | linux_clone.FILES,
+                                            gid_map="0 0 1"),
+                 id="clone3(func, NEWUSER | FILES, gid_map='0 0 1')"),
 ])
-def test_files_with_maps_is_a_value_error(call: str) -> None:
+def test_files_with_maps_is_a_value_error(call: Callable[[], Any]) -> None:
     # With a shared fd table the child cannot wait on a pipe of its own for the maps.
-    exc, clean = _raises_leaving_nothing(lambda: eval(call, vars(linux_clone),
-                                                      {"func": lambda: 0}))
+    exc, clean = _raises_leaving_nothing(call)
     assert isinstance(exc, ValueError) and "FILES" in str(exc)
     assert clean
 
@@ -1098,97 +1041,19 @@ def test_threaded_parent_many_clones_leave_no_helpers(privileged: None) -> None:
 
 # ---- the threaded stress test of issue 3 ----
 
-STRESS = """
-import ctypes, ctypes.util, json, os, select, signal, sys, threading, time
-import linux_clone as lc
-
-SIGCHLD, SIGURG = signal.SIGCHLD, signal.SIGURG
-API = {name: getattr(lc, name) for name in lc.__all__}  # the flags are made on first use
-SETS = [eval(s, API, {"SIGCHLD": SIGCHLD, "SIGURG": SIGURG}) for s in SET_NAMES]
-sys.setswitchinterval(1e-4)  # the main thread gets the GIL back quickly between clones
-
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-libc.regcomp.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-libc.regfree.argtypes = [ctypes.c_void_p]
-libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
-libc.fclose.argtypes = [ctypes.c_void_p]
-libc.fmemopen.restype = ctypes.c_void_p
-libc.fmemopen.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-libc.fflush.argtypes = [ctypes.c_void_p]
-PATTERN = b"(" + b"|".join(b"w%dx[a-z]{1,3}" % i for i in range(40)) + b")+y"
-# Many open FILEs make fflush(NULL) hold glibc's stdio list lock for a long time per call.
-streams = [libc.fmemopen(None, 64, b"w+") for _ in range(2000)]
-stop = threading.Event()
-
-def hammer():
-    # Every ctypes call runs without the GIL: malloc/free directly, regcomp (thousands of
-    # mallocs in one call), fopen/fclose and fflush(NULL) (the stdio list lock).
-    regex = ctypes.create_string_buffer(256)
-    while not stop.is_set():
-        for size in (16, 4000, 300000):
-            libc.free(libc.malloc(size))
-        libc.regcomp(regex, PATTERN, 1)
-        libc.regfree(regex)
-        libc.fclose(libc.fopen(b"/dev/null", b"w"))
-        libc.fflush(None)
-
-def allocate():
-    while not stop.is_set():
-        junk = [{"n": i, "s": str(i)} for i in range(2000)]
-        del junk
-
-def child(i):
-    def run():
-        # What a child that inherited a lock held by another thread would hang on.
-        libc.free(libc.malloc(100000))
-        libc.fclose(libc.fopen(b"/dev/null", b"w"))
-        junk = [str(j) * 10 for j in range(500)]
-        return i % 100 if junk else 255
-    return run
-
-threads = ([threading.Thread(target=hammer) for _ in range(4)]
-           + [threading.Thread(target=allocate) for _ in range(2)])
-for t in threads:
-    t.start()
-hung, wrong = [], []
-start = time.monotonic()
-try:
-    for i in range(N):
-        flags = SETS[i % len(SETS)]
-        pid = lc.clone(child(i), lc._core.MIN_STACK_SIZE if i % 3 == 0 else 0, flags)
-        pidfd = os.pidfd_open(pid)
-        exited = select.select([pidfd], [], [], TIMEOUT)[0]
-        os.close(pidfd)
-        if not exited:
-            with open(f"/proc/{pid}/wchan") as f:
-                hung.append((i, hex(flags), f.read()))
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, lc.WALL)
-        if exited and os.waitstatus_to_exitcode(status) != i % 100:
-            wrong.append((i, hex(flags), os.waitstatus_to_exitcode(status)))
-        if len(hung) >= MAX_HUNG:
-            break
-finally:
-    stop.set()
-    for t in threads:
-        t.join()
-print(json.dumps({"n": i + 1, "hung": hung, "wrong": wrong,
-                  "seconds": time.monotonic() - start}))
-"""
-
 # With SIGCHLD and no sharing flag, a threaded parent clones through a forked helper.
-FORK_SAFE_SETS = ["SIGCHLD", "NEWPID|SIGCHLD", "NEWUSER|SIGCHLD", "NEWNET|SIGCHLD",
-                  "NEWUSER|NEWPID|NEWNET|SIGCHLD", "NEWUTS|NEWIPC|NEWNS|SIGCHLD"]
+FORK_SAFE_SETS = [SIGCHLD, NEWPID | SIGCHLD, NEWUSER | SIGCHLD, NEWNET | SIGCHLD,
+                  NEWUSER | NEWPID | NEWNET | SIGCHLD, NEWUTS | NEWIPC | NEWNS | SIGCHLD]
 # Another exit signal or a flag that shares state with the caller: only without threads.
-DIRECT_SETS = ["NEWPID", "FILES|SIGCHLD", "NEWNET|SIGURG"]
+DIRECT_SETS = [pytest.param(NEWPID, id="NEWPID"),
+               pytest.param(linux_clone.FILES | SIGCHLD, id="FILES|SIGCHLD"),
+               pytest.param(NEWNET | signal.SIGURG, id="NEWNET|SIGURG")]
 
 
-def run_stress(n: int, sets: List[str], timeout: float, max_hung: int) -> Dict[str, Any]:
-    """Run the stress script for n clones in a fresh interpreter; its report."""
-    proc = run_python(f"N, TIMEOUT, SET_NAMES, MAX_HUNG = {n}, {timeout}, {sets!r}, {max_hung}\n"
-                      + STRESS, timeout=120 + n * 0.2, cwd="/")
+def run_stress(n: int, sets: List[int], timeout: float, max_hung: int) -> Dict[str, Any]:
+    """Run programs/clone_stress.py for n clones; its report."""
+    proc = run_program("clone_stress", n, timeout, max_hung, *map(int, sets),
+                       timeout=120 + n * 0.2)
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     print(f"stress: {report['n']} clones in {report['seconds']:.1f} s, "
@@ -1210,18 +1075,17 @@ def test_threaded_stress(privileged: None) -> None:
 
 
 @pytest.mark.parametrize("flags", DIRECT_SETS)
-def test_threaded_parent_refuses_what_the_fork_helper_cannot_do(flags: str) -> None:
+def test_threaded_parent_refuses_what_the_fork_helper_cannot_do(flags: int) -> None:
     # No child could exit with another signal than the helper's SIGCHLD, or share state with
     # the caller rather than the helper: with threads running, clone() says so instead of
     # risking a child that inherits a lock held by another thread.
     def check() -> Tuple[str, bool]:
-        value = eval(flags, vars(linux_clone), {"SIGCHLD": SIGCHLD, "SIGURG": signal.SIGURG})
         stop = threading.Event()
         worker = threading.Thread(target=stop.wait)
         worker.start()
         try:
             try:
-                linux_clone.clone(lambda: 0, 0, value)
+                linux_clone.clone(lambda: 0, 0, flags)
             except RuntimeError as exc:
                 message = str(exc)
             else:
@@ -1233,7 +1097,7 @@ def test_threaded_parent_refuses_what_the_fork_helper_cannot_do(flags: str) -> N
         deadline = time.monotonic() + 10
         while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
             time.sleep(0.001)
-        pid = linux_clone.clone(lambda: 3, 0, value)  # alone again: the caller clones itself
+        pid = linux_clone.clone(lambda: 3, 0, flags)  # alone again: the caller clones itself
         return message, os.waitpid(pid, linux_clone.WALL)[1] >> 8 == 3
 
     message, works_alone = in_child(check)
