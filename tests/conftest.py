@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
@@ -121,19 +121,20 @@ def run_python(code: str, *, timeout: float = 120, input: Optional[bytes] = None
 PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
 
 
-def run_program(name: str, *args: Any, timeout: float = 120, input: Optional[bytes] = None,
-                **kwargs: Any) -> subprocess.CompletedProcess:
+def run_program(name: str, *args: Any, options: Sequence[str] = (), timeout: float = 120,
+                input: Optional[bytes] = None, **kwargs: Any) -> subprocess.CompletedProcess:
     """Run tests/programs/<name>.py with `args` (as strings) on its command line, as run_python
-    runs code."""
-    return _run_interpreter([os.path.join(PROGRAMS, f"{name}.py"), *map(str, args)], timeout,
-                            input, kwargs)
+    runs code, the interpreter given `options` (-I, -S, ...); the program may import the
+    helper modules of tests/ (leak_measure, ...)."""
+    return _run_interpreter([*options, os.path.join(PROGRAMS, f"{name}.py"), *map(str, args)],
+                            timeout, input, kwargs, PYTHONPATH=os.path.dirname(PROGRAMS))
 
 
 def _run_interpreter(args: List[str], timeout: float, input: Optional[bytes],
-                     kwargs: Dict[str, Any]) -> subprocess.CompletedProcess:
+                     kwargs: Dict[str, Any], **env: str) -> subprocess.CompletedProcess:
     kwargs.setdefault("cwd", "/")
     return subprocess.run([sys.executable, *args], capture_output=True, timeout=timeout,
-                          env=python_env(), input=input, **kwargs)
+                          env=python_env(**env), input=input, **kwargs)
 
 
 def _probe_privilege() -> Optional[str]:

@@ -16,7 +16,7 @@ from typing import Any, List
 
 import pytest
 
-from conftest import drop_privileges, in_child, python_env
+from conftest import drop_privileges, in_child, python_env, run_program
 
 NS_FILES = {"net": "net", "uts": "uts", "ipc": "ipc", "mount": "mnt", "pid": "pid",
             "user": "user", "cgroup": "cgroup", "time": "time"}
@@ -324,34 +324,12 @@ def test_help_and_version(util_linux_unshare: None, args: List[str]) -> None:
         else first == "Usage:"
 
 
-# What `python -m linux_clone --net -- true` runs, in an interpreter without site (so that
-# nothing a .pth file or sitecustomize imports hides an import): runpy's own imports are the
-# interpreter's; what is new by the exec is ours.
-LEAN_CLI = """
-import sys
-sys.path.insert(0, {site!r})
-import os, runpy
-before, execvp = set(sys.modules), os.execvp
-
-def report_then_exec(file, args):
-    made = "CloneFlag" in vars(sys.modules["linux_clone"])
-    print(made, *sorted(set(sys.modules) - before), flush=True)
-    execvp(file, args)
-
-os.execvp = report_then_exec
-sys.argv = ["linux_clone", "--net", "--", "true"]
-runpy.run_module("linux_clone", run_name="__main__", alter_sys=True)
-"""
-
-
 def test_start_up_imports_only_what_it_needs(privileged: None) -> None:
     """Start-up time: the CLI makes no enum (CloneFlag, signal's) and imports neither typing,
     argparse nor anything the options given do not need."""
     import linux_clone
     site = os.path.dirname(os.path.dirname(linux_clone.__file__))
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", LEAN_CLI.format(site=site)],
-                            capture_output=True, text=True, env=python_env(), cwd="/",
-                            timeout=60)
+    result = run_program("lean_cli", site, options=["-I", "-S"], text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     made, *imported = result.stdout.split()
     assert "linux_clone._core" in imported, imported

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import gc
-import inspect
 import json
 import os
 import re
 import resource
 import signal
 import socket
-import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
 import linux_clone
-from conftest import Fileno, drop_privileges, in_child, run_python
+from conftest import Fileno, drop_privileges, in_child, run_program
+from leak_measure import leftover_children, measure, sample
 
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
 
@@ -36,50 +34,6 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 NOBODY = 65534
 NPROC_UID = 64977  # a uid of its own, so that nothing else counts against its RLIMIT_NPROC
-
-
-# ---- measuring (also sent to the fresh interpreters of the clone loops) ----
-
-def sample() -> List[int]:
-    """[open fds, lines of /proc/self/maps, VmRSS in kB] of the calling process."""
-    fds = len(os.listdir("/proc/self/fd"))
-    with open("/proc/self/maps") as f:
-        maps = sum(1 for _ in f)
-    with open("/proc/self/status") as f:
-        rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))  # type: ignore[union-attr]
-    return [fds, maps, rss]
-
-
-def leftover_children() -> List[str]:
-    """Children still there (zombies included), from the kernel's and from waitpid's view."""
-    found = []
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            found += f.read().split()
-    try:
-        pid, status = os.waitpid(-1, os.WNOHANG | 0x40000000)  # __WALL
-        found.append(f"waitpid: {pid} {status:#x}")
-    except ChildProcessError:
-        pass
-    return found
-
-
-def measure(step: Callable[[], Any], n: int, tracked: Sequence[Any] = ()) -> Dict[str, Any]:
-    """Run step() n times after a warm-up; the deltas over the n calls."""
-    for _ in range(max(n // 20, 50)):
-        step()
-    gc.collect()
-    refs = [sys.getrefcount(obj) for obj in tracked]
-    before = sample()
-    for _ in range(n):
-        step()
-    gc.collect()
-    after = sample()
-    refs_after = [sys.getrefcount(obj) for obj in tracked]
-    return {"fds": after[0] - before[0], "maps": after[1] - before[1],
-            "rss_kb": after[2] - before[2],
-            "refs": [a - b for a, b in zip(refs_after, refs)],
-            "children": leftover_children()}
 
 
 DELTAS: Dict[str, Dict[str, Any]] = {}
@@ -257,57 +211,8 @@ def test_cheap_calls_stay_flat(privileged: None) -> None:
 
 # ---- 1,000 of each way to start a child, in a fresh interpreter (a cheap fork) ----
 
-CHILD_LOOPS = r'''
-import errno, gc, json, os, re, signal, sys
-import linux_clone as C
-
-def zero():
-    return 0
-
-argv, missing, env = ["/bin/true"], ["/nonexistent/prog"], {"PATH": "/bin:/usr/bin"}
-
-def clone():
-    assert os.waitpid(C.clone(zero), 0)[1] == 0
-
-def clone_stack():
-    assert os.waitpid(C.clone(zero, stack_size=C._core.MIN_STACK_SIZE), 0)[1] == 0
-
-def clone_pidfd():
-    pid, fd = C.clone(zero, flags=C.PIDFD | signal.SIGCHLD)
-    os.close(fd)
-    assert os.waitpid(pid, 0)[1] == 0
-
-def clone3():
-    assert os.waitpid(C.clone3(zero, stack_size=C._core.MIN_STACK_SIZE), 0)[1] == 0
-
-def spawn():
-    assert os.waitpid(C.spawn(argv, env=env), 0)[1] == 0
-
-def spawn_pidfd():
-    pid, fd = C.spawn(argv, pidfd=True)
-    os.close(fd)
-    assert os.waitpid(pid, 0)[1] == 0
-
-def spawn_missing():
-    try:
-        C.spawn(missing)
-    except FileNotFoundError as exc:
-        assert exc.filename == missing[0]
-    else:
-        raise AssertionError("spawn of a missing program succeeded")
-
-tracked = {"clone": [zero], "clone_stack": [zero], "clone_pidfd": [zero], "clone3": [zero],
-           "spawn": [argv, env], "spawn_pidfd": [argv], "spawn_missing": [missing]}
-name = sys.argv[1] if len(sys.argv) > 1 else %(name)r
-print(json.dumps(measure(globals()[name], %(n)d, tracked[name])))
-'''
-
-
 def _child_loop(name: str, n: int = CHILDREN) -> Dict[str, Any]:
-    code = "".join(inspect.getsource(f) for f in (sample, leftover_children, measure))
-    code = "import gc, os, re, sys\nfrom typing import *\n" + code + CHILD_LOOPS % {
-        "name": name, "n": n}
-    result = run_python(code, timeout=120, cwd="/")  # not the source tree's linux_clone
+    result = run_program("child_loops", name, n, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(result.stdout)
 

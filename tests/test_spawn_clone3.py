@@ -24,7 +24,7 @@ from linux_clone import (
     PARENT, PIDFD, WALL,
 )
 from conftest import (Fileno, children_of, drop_privileges, fd_count, in_child, in_clone,
-                      no_children_left, pidfd_exit, remove_cgroup, run_python, running_threads,
+                      no_children_left, pidfd_exit, remove_cgroup, run_program, running_threads,
                       wait_code)
 
 NOBODY = 65534
@@ -792,67 +792,8 @@ def test_spawn_restores_the_signal_mask(outcome: str, privileged: None) -> None:
 
 # ---- a threaded parent ----
 
-THREADED_SPAWN = """
-import ctypes, ctypes.util, json, os, select, signal, sys, threading, time
-import linux_clone as lc
-
-sys.setswitchinterval(1e-4)  # spawning threads get the GIL back soon after each syscall
-
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-FLAGS = [0, lc.NEWUTS, lc.NEWPID, lc.NEWIPC]
-stop = threading.Event()
-hung, wrong, errors = [], [], []
-
-def hammer():
-    while not stop.is_set():
-        for size in (16, 4000, 300000):
-            libc.free(libc.malloc(size))
-
-def allocate():
-    while not stop.is_set():
-        junk = [{"n": i, "s": str(i)} for i in range(2000)]
-        del junk
-
-def spawner(first, n):
-    try:
-        for i in range(first, first + n):
-            maps = {"uid_map": "0 0 1"} if i % 7 == 0 else {}
-            flags = FLAGS[i % len(FLAGS)] | (lc.NEWUSER if maps else 0)
-            pid, pidfd = lc.spawn(["/bin/sh", "-c", "exit %d" % (i % 100)], flags,
-                                  pidfd=True, **maps)
-            ready = select.select([pidfd], [], [], 10)[0]
-            os.close(pidfd)
-            if not ready:
-                hung.append(i)
-                os.kill(pid, signal.SIGKILL)
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            if ready and code != i % 100:
-                wrong.append((i, code))
-    except BaseException as exc:
-        errors.append(repr(exc))
-
-threads = [threading.Thread(target=f) for f in (hammer, hammer, allocate, allocate)]
-threads += [threading.Thread(target=spawner, args=(1000 * k, 60)) for k in (1, 2)]
-for t in threads:
-    t.start()
-start = time.monotonic()
-try:
-    spawner(0, N)
-finally:
-    for t in threads[4:]:
-        t.join()
-    stop.set()
-    for t in threads[:4]:
-        t.join()
-print(json.dumps({"hung": hung, "wrong": wrong, "errors": errors,
-                  "seconds": time.monotonic() - start}))
-"""
-
-
 def test_spawn_in_a_threaded_parent(privileged: None) -> None:
-    proc = run_python("N = 300\n" + THREADED_SPAWN, timeout=60)
+    proc = run_program("threaded_spawn", 300, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     print(f"threaded spawn: 420 programs in {report['seconds']:.1f} s")
@@ -1081,82 +1022,14 @@ def test_spawn_program_signal_dispositions_are_subprocess_ones(maps: bool,
 
 # ---- the caller's state: SIGPIPE, other processes, fds, SIGCHLD, signal storms ----
 
-SIGPIPE_LOOP = """
-import errno, signal, linux_clone
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as command-line tools often set it
-for i in range(N):
-    try:
-        linux_clone.spawn(["/bin/true"], linux_clone.NEWUSER, uid_map="0 1000 10\\n5 2000 10")
-    except OSError as exc:
-        assert exc.errno == errno.EINVAL, exc
-    else:
-        raise AssertionError("a bad map was accepted")
-print("done")
-"""
-
-
 def test_spawn_bad_map_never_raises_sigpipe(privileged: None) -> None:
     for _ in range(3):
-        proc = run_python("N = 300\n" + SIGPIPE_LOOP, timeout=120)
+        proc = run_program("sigpipe_loop", 300, timeout=120)
         assert (proc.returncode, proc.stdout) == (0, b"done\n"), proc.stderr.decode()
 
 
-FORKING_THREAD = """
-import json, os, signal, sys, threading, time
-import linux_clone
-
-sys.setswitchinterval(1e-4)
-stop = threading.Event()
-sleepers, started = [], [None]
-
-def fork_sleepers():
-    # A long-lived forked process (a multiprocessing worker) holds every fd the process had
-    # at the fork, and never execs.
-    while not stop.is_set() and len(sleepers) < 150:
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(30)
-            os._exit(0)
-        sleepers.append(pid)
-        time.sleep(0.001)
-
-def watchdog():
-    while not stop.wait(0.1):
-        if started[0] is not None and time.monotonic() - started[0] > 5:
-            for pid in sleepers:
-                os.kill(pid, signal.SIGKILL)
-            print(json.dumps({"blocked": True}), flush=True)
-            os._exit(3)
-
-threads = [threading.Thread(target=fork_sleepers), threading.Thread(target=watchdog)]
-for t in threads:
-    t.start()
-longest = 0.0
-try:
-    for i in range(N):
-        started[0] = time.monotonic()
-        kwargs = {"uid_map": "0 0 1"} if i % 2 else {"uid_map": "0 1000 10\\n5 2000 10"}
-        try:
-            pid = linux_clone.spawn(["/bin/true"], linux_clone.NEWUSER, **kwargs)
-        except OSError:
-            pass
-        else:
-            os.waitpid(pid, 0)
-        longest = max(longest, time.monotonic() - started[0])
-        started[0] = None
-finally:
-    stop.set()
-    for t in threads:
-        t.join()
-    for pid in sleepers:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-print(json.dumps({"blocked": False, "longest": longest, "forks": len(sleepers)}))
-"""
-
-
 def test_spawn_with_maps_never_waits_for_a_forked_process(privileged: None) -> None:
-    proc = run_python("N = 200\n" + FORKING_THREAD, timeout=120)
+    proc = run_program("forking_thread", 200, timeout=120)
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["blocked"] is False, "a spawn waited for a process forked meanwhile"
     assert proc.returncode == 0, proc.stderr.decode()
