@@ -35,6 +35,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations ar
 if TYPE_CHECKING:
     from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+    from ._core import _Ns
+
     IdMap = Union[str, Iterable[Tuple[int, int, int]]]
 
 # Made on first use (PEP 562), so that `import linux_clone` and the CLI need neither enum
@@ -181,9 +183,9 @@ def _check_setgroups(setgroups: Optional[str]) -> None:
         raise ValueError("setgroups must be 'allow', 'deny' or None")
 
 
-def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[], object],
-               uid_map: Optional[IdMap], gid_map: Optional[IdMap],
-               setgroups: Optional[str], flags: int) -> object:
+def _with_maps(start: Callable[..., Union[int, Tuple[int, int]]],
+               func: Callable[[], object], uid_map: Optional[IdMap], gid_map: Optional[IdMap],
+               setgroups: Optional[str], flags: int) -> Union[int, Tuple[int, int]]:
     """Start a child with `start`, write its id maps from the parent while it waits on a
     pipe, then let it run func.  A failure kills and reaps the child before it raises.
     flags: the clone flags, converted already (start passes them on as they are)."""
@@ -219,7 +221,7 @@ def _with_maps(start: Callable[[Callable[[], object]], object], func: Callable[[
     os.close(rfd)
     pid = result[0] if isinstance(result, tuple) else result
     try:
-        _write_maps(pid, uid_text, setgroups, gid_text)  # type: ignore[arg-type]
+        _write_maps(pid, uid_text, setgroups, gid_text)
         os.write(wfd, b"1")
     except BaseException:
         os.kill(pid, _SIGKILL)
@@ -265,15 +267,15 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD
     if pidfd:
         flags = _index(flags) | _PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
-        return _core.clone(func, stack_size, flags)  # type: ignore[no-any-return]
+        return _core.clone(func, stack_size, flags)
     flags = _index(flags)  # once: _core takes an int as it is
     # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
-    return _with_maps(lambda f, stack_size=stack_size, flags=flags: _core.clone(  # type: ignore
+    return _with_maps(lambda f, stack_size=stack_size, flags=flags: _core.clone(
         f, stack_size, flags), func, uid_map, gid_map, setgroups, flags)
 
 
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SIGCHLD,
-           stack_size: int = 0, cgroup: Optional[object] = None, set_tid: Sequence[int] = (),
+           stack_size: int = 0, cgroup: Optional[_Ns] = None, set_tid: Sequence[int] = (),
            uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
            setgroups: Optional[str] = None, pidfd: bool = False) -> Union[int, Tuple[int, int]]:
     """Create a child process as clone3(2) does and call func() in it; return its pid.
@@ -290,12 +292,12 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SI
     if pidfd:
         flags = _index(flags) | _PIDFD
     if uid_map is None and gid_map is None and setgroups is None:
-        return _core.clone3(func, flags, exit_signal=exit_signal,  # type: ignore
+        return _core.clone3(func, flags, exit_signal=exit_signal,
                             stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
     flags = _index(flags)  # once: _core takes an int as it is
     # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
     return _with_maps(lambda f, flags=flags, exit_signal=exit_signal, stack_size=stack_size,
-                      cgroup=cgroup, set_tid=set_tid: _core.clone3(  # type: ignore
+                      cgroup=cgroup, set_tid=set_tid: _core.clone3(
                           f, flags, exit_signal=exit_signal, stack_size=stack_size,
                           cgroup=cgroup, set_tid=set_tid),
                       func, uid_map, gid_map, setgroups, flags)
@@ -343,7 +345,7 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
         handles = _Handles(stdin, stdout, stderr, pipes=False)
     try:
-        return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,  # type: ignore
+        return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,
                            loopback=loopback, pidfd=pidfd, before_start=before_start,
                            stdio=None if handles is None else handles.child,
                            pass_fds=pass_fds, close_fds=close_fds,

@@ -25,3 +25,11 @@ def test_metadata_names_the_licence_and_pythons() -> None:
     classifiers = meta.get_all("Classifier") or []
     assert "Operating System :: POSIX :: Linux" in classifiers
     assert "Programming Language :: Python :: 3.9" in classifiers
+
+
+def test_stubs_are_installed_with_the_package() -> None:
+    # The compiled modules' stubs too: without _core.pyi, type checkers of the package's own
+    # modules see `from ._core import ...` as untyped.
+    files = importlib.metadata.files("linux_clone") or []
+    shipped = {f.name for f in files if f.parent.name == "linux_clone"}
+    assert {"py.typed", "__init__.pyi", "_core.pyi", "_bench.pyi"} <= shipped, sorted(shipped)
