@@ -180,6 +180,29 @@ def drop_privileges(uid: int = 65534, gid: int = 65534) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
+def main_as_nobody(main: Callable[[List[str]], int], args: Sequence[str],
+                   timeout: float = 60) -> Tuple[int, str, str]:
+    """main(args) (a command-line tool's main) in a forked child that has become uid/gid
+    65534: (status, stdout, stderr).  In-process, because the interpreter may live where uid
+    65534 cannot run it (/root)."""
+    import tempfile
+
+    def run() -> Tuple[int, str, str]:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            os.chdir("/")
+            drop_privileges()
+            status = main(list(args))
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return status, out.read(), err.read()
+
+    return in_child(run, timeout=timeout)  # type: ignore[no-any-return]
+
+
 def ns_inode(kind: str, pid: Union[int, str] = "self") -> int:
     """The inode of /proc/<pid>/ns/<kind>: equal inodes, same namespace."""
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino

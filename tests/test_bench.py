@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from typing import Any, Dict, Tuple
 
 import pytest
 
 import linux_clone
-from conftest import drop_privileges, in_child, python_env
+from conftest import in_child, main_as_nobody, python_env
 
 _bench = pytest.importorskip("linux_clone._bench")
 from linux_clone import bench  # noqa: E402  (after the skip: it imports _bench)
@@ -150,22 +149,8 @@ def test_without_cap_sys_admin_it_says_what_it_skipped(privileged: None) -> None
 
 
 def _main_as_nobody(*args: str) -> Tuple[int, str, str]:
-    """bench.main(args) in a forked child that has become uid/gid 65534: (status, stdout,
-    stderr).  In-process: the interpreter may live where uid 65534 cannot run it (/root)."""
-    def run() -> Tuple[int, str, str]:
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-            sys.stdout, sys.stderr = out, err
-            os.chdir("/")
-            drop_privileges()
-            status = bench.main(list(args))
-            for f in (out, err):
-                f.flush()
-                f.seek(0)
-            return status, out.read(), err.read()
-
-    return in_child(run, timeout=120)  # type: ignore[no-any-return]
+    """bench.main(args) as uid/gid 65534: (status, stdout, stderr)."""
+    return main_as_nobody(bench.main, args, timeout=120)
 
 
 def test_unprivileged_user_gets_skips_not_tracebacks(privileged: None) -> None:

@@ -10,13 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, List
 
 import pytest
 
-from conftest import drop_privileges, in_child, python_env, run_program
+from conftest import in_child, main_as_nobody, python_env, run_program
 
 NS_FILES = {"net": "net", "uts": "uts", "ipc": "ipc", "mount": "mnt", "pid": "pid",
             "user": "user", "cgroup": "cgroup", "time": "time"}
@@ -109,25 +108,10 @@ def test_map_root_user_is_root_inside(privileged: None) -> None:
 
 
 def cli_as_nobody(*args: str) -> tuple:
-    """main(args) in a forked child that has become uid/gid 65534: (status, stdout, stderr).
-
-    In-process, because the interpreter may live where uid 65534 cannot run it (/root)."""
+    """The CLI's main(args) as uid/gid 65534: (status, stdout, stderr)."""
     from linux_clone.__main__ import main
 
-    def run() -> tuple:
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-            sys.stdout, sys.stderr = out, err
-            os.chdir("/")
-            drop_privileges()
-            status = main(list(args))
-            for f in (out, err):
-                f.flush()
-                f.seek(0)
-            return status, out.read(), err.read()
-
-    return in_child(run)
+    return main_as_nobody(main, args)
 
 
 def test_map_root_user_works_unprivileged(privileged: None) -> None:
