@@ -1,6 +1,8 @@
 """Shared helpers: run a function in a forked child (so the runner's namespaces, mounts and
-credentials never change), run a Python snippet in a fresh interpreter, and the privilege
-probe whose skips become failures when LINUX_CLONE_REQUIRE_PRIVILEGE=1 (as in CI)."""
+credentials never change), run a Python snippet or one of the programs in tests/programs/ in a
+fresh interpreter, the privilege probe whose skips become failures when
+LINUX_CLONE_REQUIRE_PRIVILEGE=1 (as in CI), what the tests look at (exit codes, fds, children,
+pidfds) and the hostile argument objects."""
 
 from __future__ import annotations
 
