@@ -144,6 +144,8 @@ class Popen:
         # wait with a timeout after a chroot or pivot_root into a root without Python's
         # stdlib finds TimeoutExpired in sys.modules; run() imports it before its Popen.
         _timeout_expired()
+        if bufsize is None:
+            bufsize = -1  # as subprocess
         if not isinstance(bufsize, int):
             raise TypeError("bufsize must be an integer")  # before io.open owns a pipe end
         _cleanup()
