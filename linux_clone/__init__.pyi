@@ -3,8 +3,8 @@
 import enum
 import os
 from types import TracebackType
-from typing import (Callable, Iterable, Literal, Mapping, Optional, Protocol, Sequence, Tuple,
-                    Type, Union, overload)
+from typing import (Callable, Iterable, Iterator, Literal, Mapping, Optional, Protocol,
+                    Sequence, Tuple, Type, TypeVar, Union, overload)
 
 # Type checkers read typing_extensions from the standard library stubs they bundle (typeshed),
 # so this needs no typing_extensions installed; disjoint_base is there from mypy 1.18.
@@ -43,6 +43,18 @@ __all__ = [
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+class _Argv(Protocol[_T_co]):
+    """A list or tuple of arguments: a sequence whose __contains__ takes any object, which
+    str and bytes (sequences of themselves) do not have -- so that spawn("true"), a program
+    subprocess would take, is an error to type checkers too.  (No index() or count(): their
+    Any parameters made mypy 2.4 accept a list literal of any item type.)"""
+    def __getitem__(self, index: int, /) -> _T_co: ...
+    def __contains__(self, value: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[_T_co]: ...
 
 class CloneFlag(enum.IntFlag):
     FILES = 0x400
@@ -189,7 +201,7 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = ...
            uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
            setgroups: Optional[str] = None, pidfd: bool) -> Union[int, Tuple[int, int]]: ...
 @overload
-def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+def spawn(argv: _Argv[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
           loopback: bool = False, pidfd: Literal[False] = False, stdin: Optional[_Fd] = None,
@@ -197,7 +209,7 @@ def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, s
           pass_fds: Iterable[int] = (), close_fds: bool = True,
           start_new_session: bool = False, umask: int = -1) -> int: ...
 @overload
-def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+def spawn(argv: _Argv[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
           loopback: bool = False, pidfd: Literal[True], stdin: Optional[_Fd] = None,
@@ -205,7 +217,7 @@ def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, s
           pass_fds: Iterable[int] = (), close_fds: bool = True,
           start_new_session: bool = False, umask: int = -1) -> Tuple[int, int]: ...
 @overload
-def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
+def spawn(argv: _Argv[_Path], flags: int = 0, *, env: Optional[Mapping[str, str]] = None,
           cwd: Optional[_Path] = None, uid_map: Optional[IdMap] = None,
           gid_map: Optional[IdMap] = None, hostname: Optional[str] = None,
           loopback: bool = False, pidfd: bool, stdin: Optional[_Fd] = None,

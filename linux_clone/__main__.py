@@ -460,13 +460,17 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
         os._exit(status)
 
 
-def sync_with_helper(helper: Tuple[int, int]) -> None:
-    """Tell the helper to go on and wait for it; its failure (it has said why) is ours."""
+def sync_with_helper(helper: Tuple[int, int], go: bool = True) -> None:
+    """Tell the helper to go on (or, go=False, to exit) and wait for it; its failure (it has
+    said why) is ours."""
     pid, fd = helper
-    os.write(fd, b"\x06")
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status):
+    try:
+        if go:
+            os.write(fd, b"\x06")
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    if go and os.WIFEXITED(status) and os.WEXITSTATUS(status):
         raise Failure("", None, os.WEXITSTATUS(status))
 
 
@@ -627,73 +631,111 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
 
 def run(opts: Options) -> int:
     """unshare(1)'s main() after its options: unshare here, fork if asked, set up, exec.
-    Return the command's exit status (-N: killed by signal N) when we forked."""
+    Return the command's exit status (-N: killed by signal N) when we forked.  On a failure
+    or an exception, the helpers and the forked child are reaped and the signal mask is the
+    caller's again (main() may have been called in-process)."""
     real_uid, real_gid = os.geteuid(), os.getegid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap COMMAND
-    binder = start_binder(opts) if opts.persist and opts.flags & NEWNS else None
-    idmapper = (start_idmapper(opts, real_uid, real_gid) if opts.usermap or opts.groupmap
-                else None)
-    try:
-        unshare(opts.flags)
-    except OSError as exc:
-        raise Failure("unshare failed", exc.errno) from None
-    if idmapper is not None:
-        sync_with_helper(idmapper)
-    for clock, offset in sorted(opts.offsets.items(), reverse=True):
-        write_file("/proc/self/timens_offsets", f"{clock} {offset} 0",
-                   "failed to write to /proc/self/timens_offsets")
+    helpers: List[Tuple[int, int]] = []  # started and not yet told to go
     pid = 0
-    if opts.fork:
-        # Blocked before the fork, so that the child starts with them blocked too and unblocks
-        # them once it is ready to become COMMAND.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                if binder is not None:
-                    os.close(binder[1])
-                for signum in WAIT_SIGNALS:
-                    # A ^C before the exec ends the child as it would end COMMAND.
-                    if callable(signal.getsignal(signum)):
-                        signal.signal(signum, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                become_command(opts, real_uid, real_gid)
-            except Failure as failure:
-                status = failure.report()
-            except BaseException:
-                sys.excepthook(*sys.exc_info())
-            finally:
-                sys.stderr.flush()
-                os._exit(status)
-    if opts.persist:
-        if binder is not None:
-            sync_with_helper(binder)
-        else:
-            bind_ns_files(opts, os.getpid())
-    if not pid:
-        become_command(opts, real_uid, real_gid)
+    mask: Optional[Set[int]] = None
     try:
+        binder = start_binder(opts) if opts.persist and opts.flags & NEWNS else None
+        if binder is not None:
+            helpers.append(binder)
+        idmapper = (start_idmapper(opts, real_uid, real_gid) if opts.usermap or opts.groupmap
+                    else None)
+        if idmapper is not None:
+            helpers.append(idmapper)
+        try:
+            unshare(opts.flags)
+        except OSError as exc:
+            raise Failure("unshare failed", exc.errno) from None
+        if idmapper is not None:
+            helpers.remove(idmapper)
+            sync_with_helper(idmapper)
+        for clock, offset in sorted(opts.offsets.items(), reverse=True):
+            write_file("/proc/self/timens_offsets", f"{clock} {offset} 0",
+                       "failed to write to /proc/self/timens_offsets")
+        if opts.fork:
+            # Blocked before the fork, so that the child starts with them blocked too and
+            # unblocks them once it is ready to become COMMAND.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                status = 1
+                try:
+                    if binder is not None:
+                        os.close(binder[1])
+                    for signum in WAIT_SIGNALS:
+                        # A ^C before the exec ends the child as it would end COMMAND.
+                        if callable(signal.getsignal(signum)):
+                            signal.signal(signum, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    become_command(opts, real_uid, real_gid)
+                except Failure as failure:
+                    status = failure.report()
+                except BaseException:
+                    sys.excepthook(*sys.exc_info())
+                finally:
+                    sys.stderr.flush()
+                    os._exit(status)
+        if opts.persist:
+            if binder is not None:
+                helpers.remove(binder)
+                sync_with_helper(binder)
+            else:
+                bind_ns_files(opts, os.getpid())
+        if not pid:
+            # Called in-process, a failure after --wd leaves the caller where it was (after
+            # --root there is no going back).
+            back = os.getcwd() if opts.wd is not None and opts.root is None else None
+            try:
+                become_command(opts, real_uid, real_gid)
+            finally:
+                if back is not None:
+                    os.chdir(back)
         _, status = os.waitpid(pid, 0)
+        pid = 0
     finally:
-        # What came while we waited was for the wait, not for our caller (unshare(1) exits
-        # with them still blocked).
-        while signal.sigtimedwait(WAIT_SIGNALS - mask, 0) is not None:
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for helper in helpers:
+            sync_with_helper(helper, go=False)
+        if pid:
+            # A failure (or an exception) after the fork: called in-process, a COMMAND left
+            # running would become our caller's child, never reaped.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if mask is not None:
+            # What came while we waited was for the wait, not for our caller (unshare(1)
+            # exits with them still blocked).
+            while signal.sigtimedwait(WAIT_SIGNALS - mask, 0) is not None:
+                pass
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return os.waitstatus_to_exitcode(status)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run unshare(1)'s command line (sys.argv[1:] by default); return the exit status: the
     command's (-N when signal N killed it) with --fork, else 1 or another failure status
-    (without --fork, a successful run execs the command and never returns)."""
+    (without --fork, a successful run execs the command and never returns).
+
+    Called in-process, main() leaves its caller's signal handlers, signal mask and working
+    directory as they were, and no child or fd of its own, on every return path; what only
+    a run without --fork changes for good before a failure (the namespaces, --root, the
+    ids) stays changed, as it would in unshare(1)."""
+    handlers = [(signum, signal.getsignal(signum))
+                for signum in (signal.SIGCHLD, *PYTHON_IGNORED)]
     try:
         return run(parse_args(sys.argv[1:] if argv is None else argv))
     except Failure as failure:
         return failure.report()
+    finally:
+        for signum, handler in handlers:
+            # None: a handler not set from Python, which cannot be put back.
+            if handler is not None and signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
 
 
 def exit_with(status: int) -> None:

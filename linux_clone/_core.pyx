@@ -1089,20 +1089,19 @@ cdef class _CStrings:
 
 
 cdef class _Fds:
-    """pass_fds as a sorted C array of distinct fds: 0 to INT_MAX, through __index__ (a
-    negative fd is a ValueError, a larger one an OverflowError)."""
+    """pass_fds as a sorted C array of distinct fds: 0 to INT_MAX, through __index__ (any
+    other number is a ValueError, as subprocess has it)."""
     cdef int *array
     cdef Py_ssize_t n
 
     def __cinit__(self, fds):
         cdef Py_ssize_t i
-        cdef int fd
         distinct = set()
         for item in fds:
-            fd = _index(item)
-            if fd < 0:
-                raise ValueError(f"pass_fds holds fds, not {fd}")
-            distinct.add(fd)
+            value = _index(item)
+            if not 0 <= value <= INT_MAX:
+                raise ValueError(f"pass_fds holds fds, not {value}")
+            distinct.add(value)
         values = sorted(distinct)
         self.n = len(values)
         self.array = <int *>PyMem_Malloc((self.n + 1) * sizeof(int))
@@ -1152,9 +1151,7 @@ cdef class _Spawn:
         """stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
         cdef int i
         self.keep = _Fds(pass_fds)
-        self.req.umask = _index(umask)
-        if self.req.umask < -1:
-            raise ValueError(f"umask is -1 (the caller's) or a mode, not {self.req.umask}")
+        self.req.umask = _index(umask)  # as subprocess: any negative one keeps the caller's
         for i in range(3):
             self.req.stdio[i] = -1 if stdio is None else _index(stdio[i])
             if self.req.stdio[i] < -1:
@@ -1297,7 +1294,8 @@ cdef list _environ(env):
     out = []
     for key, value in env.items():
         key, value = os.fsencode(key), os.fsencode(value)
-        if b"=" in key or not key:
+        # As subprocess (its fork_exec path): an empty name is passed through as "=value".
+        if b"=" in key:
             raise ValueError(f"illegal environment variable name {key!r}")
         out.append((key, value))
     return out

@@ -15,7 +15,35 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from signal import SIGKILL, SIGTERM, pidfd_send_signal
-    from typing import IO, Any, Dict, List, Optional, Tuple, Type, cast
+    from typing import (IO, Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type,
+                        TypedDict, cast)
+
+    from typing_extensions import Unpack
+
+    from . import IdMap, _Argv, _Fd, _Path
+
+    class _SpawnOptions(TypedDict, total=False):
+        """spawn()'s namespace options, which Popen passes on."""
+        env: Optional[Mapping[str, str]]
+        cwd: Optional[_Path]
+        uid_map: Optional[IdMap]
+        gid_map: Optional[IdMap]
+        hostname: Optional[str]
+        loopback: bool
+
+    class _PopenOptions(_SpawnOptions, total=False):
+        """Popen's keyword options, which run() passes on."""
+        stdin: Optional[_Fd]
+        stdout: Optional[_Fd]
+        stderr: Optional[_Fd]
+        pass_fds: Iterable[int]
+        close_fds: bool
+        start_new_session: bool
+        umask: int
+        text: Optional[bool]
+        encoding: Optional[str]
+        errors: Optional[str]
+        bufsize: Optional[int]
 else:
     from _signal import SIGKILL, SIGTERM, pidfd_send_signal
 
@@ -91,7 +119,7 @@ class _Handles:
 
     # No comprehension runs in Popen.__init__'s try: 3.12+ inlines them (PEP 709), and a
     # KeyboardInterrupt raised inside one skipped that try's handler (seen on 3.13.0).
-    def without_pipe_ends(self, fds: "List[int]") -> "List[int]":
+    def without_pipe_ends(self, fds: "Iterable[int]") -> "List[int]":
         ends = {fd for fd in self.parent if fd != -1}
         return [fd for fd in fds if fd not in ends]
 
@@ -133,21 +161,24 @@ class Popen:
     the Popen: closed when it is exited as a context manager or garbage-collected.
     """
 
-    def __init__(self, argv: Any, flags: int = 0, *, stdin: Any = None, stdout: Any = None,
-                 stderr: Any = None, pass_fds: Any = (), close_fds: bool = True,
+    def __init__(self, argv: _Argv[_Path], flags: int = 0, *, stdin: Optional[_Fd] = None,
+                 stdout: Optional[_Fd] = None, stderr: Optional[_Fd] = None,
+                 pass_fds: Iterable[int] = (), close_fds: bool = True,
                  start_new_session: bool = False, umask: int = -1, text: Optional[bool] = None,
                  encoding: Optional[str] = None, errors: Optional[str] = None,
-                 bufsize: int = -1, **spawn_options: Any) -> None:
+                 bufsize: Optional[int] = -1, **spawn_options: Unpack[_SpawnOptions]) -> None:
         from . import spawn  # the package imports this module before it defines spawn
 
         # subprocess is imported before the child exists (every Popen passes here), so that a
         # wait with a timeout after a chroot or pivot_root into a root without Python's
         # stdlib finds TimeoutExpired in sys.modules; run() imports it before its Popen.
         _timeout_expired()
+        if bufsize is None:
+            bufsize = -1  # as subprocess
         if not isinstance(bufsize, int):
             raise TypeError("bufsize must be an integer")  # before io.open owns a pipe end
         _cleanup()
-        self.args = argv
+        self.args: Any = argv  # subprocess's CompletedProcess and errors take it as it is
         self.returncode: Optional[int] = None
         self.stdin: Optional[IO[Any]] = None
         self.stdout: Optional[IO[Any]] = None
@@ -516,9 +547,9 @@ def _timeout_expired() -> Type[subprocess.TimeoutExpired]:
     return subprocess.TimeoutExpired
 
 
-def run(argv: Any, flags: int = 0, *, input: Any = None, capture_output: bool = False,
+def run(argv: _Argv[_Path], flags: int = 0, *, input: Any = None, capture_output: bool = False,
         timeout: Optional[float] = None, check: bool = False,
-        **popen_options: Any) -> subprocess.CompletedProcess[Any]:
+        **popen_options: Unpack[_PopenOptions]) -> subprocess.CompletedProcess[Any]:
     """Run a program in new namespaces, wait for it, return a subprocess.CompletedProcess --
     subprocess.run over Popen.
 

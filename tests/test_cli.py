@@ -529,3 +529,84 @@ def test_id_ranges_go_to_newuidmap_as_under_unshare(util_linux_unshare: None,
     assert theirs[0] == 0 and theirs[2], theirs
     assert all(line.split()[1] == "1" for line in theirs[2].splitlines()), theirs
     assert (ours[0], sorted(ours[2].splitlines())) == (theirs[0], sorted(theirs[2].splitlines()))
+
+
+# ---- main() called in-process leaves its caller as it was ----
+
+STATE_SIGNALS = ("SIGCHLD", "SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP",
+                 "SIGALRM")
+
+
+def caller_state() -> dict:
+    """What main() could change in the process that calls it."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        children = True
+    except ChildProcessError:
+        children = False
+    return {"handlers": [signal.getsignal(getattr(signal, name)) for name in STATE_SIGNALS],
+            "mask": signal.pthread_sigmask(signal.SIG_BLOCK, []), "cwd": os.getcwd(),
+            "fds": sorted(os.listdir("/proc/self/fd")), "children": children}
+
+
+def main_in_process(args: List[str], nobody: bool = False, alarm: float = 0) -> tuple:
+    """main(args) in a forked child that set a SIGCHLD handler, blocked SIGUSR1 and is in
+    /tmp: (what main returned or the type it raised, the caller state it changed)."""
+    from linux_clone.__main__ import main
+
+    def alarmed(signum: int, frame: Any) -> None:
+        raise RuntimeError("alarm")
+
+    def run() -> tuple:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        os.chdir("/tmp")
+        if nobody:
+            drop_privileges()
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGALRM, alarmed)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        before = caller_state()
+        signal.setitimer(signal.ITIMER_REAL, alarm)
+        try:
+            outcome: Any = main(list(args))
+        except BaseException as exc:
+            outcome = type(exc).__name__
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        after = caller_state()
+        return outcome, {key: (before[key], after[key]) for key in before
+                         if before[key] != after[key]}
+
+    return in_child(run)
+
+
+@pytest.mark.parametrize("args, outcome", [
+    (["--fork", "--", "true"], 0),
+    (["--fork", "--", "/no/such/program"], 127),
+    (["--", "/no/such/program"], 127),
+    (["--wd", "/", "--", "/no/such/program"], 127),
+    (["--fork", "--wd", "/no/such/dir", "--", "true"], 1),
+    (["--version"], "SystemExit"),
+    (["--bogus"], 1),
+])
+def test_main_in_process_restores_the_caller(args: List[str], outcome: Any) -> None:
+    assert main_in_process(args) == (outcome, {})
+
+
+def test_main_in_process_restores_the_caller_after_an_exception() -> None:
+    # The caller's SIGALRM handler raises while main() waits for COMMAND.
+    assert main_in_process(["--fork", "--", "sleep", "60"], alarm=0.5) == ("RuntimeError", {})
+
+
+def test_main_in_process_reaps_a_forked_child_after_a_failure(privileged: None) -> None:
+    # The bind mount of --net=FILE fails once COMMAND is forked.
+    assert main_in_process(["--mount", "--net=/no/such/dir/file", "--fork", "--", "sleep",
+                            "60"]) == (1, {})
+
+
+def test_main_in_process_reaps_its_helpers_after_a_failure(privileged: None) -> None:
+    # The binder helper is started, then the unshare fails (EPERM).
+    assert main_in_process(["--mount", "--net=/tmp/file", "--fork", "--", "true"],
+                           nobody=True) == (1, {})

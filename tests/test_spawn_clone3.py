@@ -694,7 +694,6 @@ def test_spawn_unprivileged_newnet_is_permission_error(privileged: None) -> None
     pytest.param((["/bin/true"],), {"env": [("A", "1")]}, TypeError, id="env-list"),
     pytest.param((["/bin/true"],), {"env": "A=1"}, TypeError, id="env-str"),
     pytest.param((["/bin/true"],), {"env": {"A=B": "1"}}, ValueError, id="env-key-with-="),
-    pytest.param((["/bin/true"],), {"env": {"": "1"}}, ValueError, id="env-key-empty"),
     pytest.param((["/bin/true"],), {"env": {"A": "1\0"}}, ValueError, id="env-value-nul"),
     pytest.param((["/bin/true", "a\0b"],), {}, ValueError, id="arg-nul"),
     pytest.param((["/bin/tr\0ue"],), {}, ValueError, id="program-nul"),

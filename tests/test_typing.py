@@ -261,3 +261,101 @@ assert linux_clone.CloneFlag.__module__ == "linux_clone"
 print("ok")
 """
     assert _bare_python(code, tmp_path) == "ok\n"
+
+
+# ---- what the types reject, and the subprocess forms they keep ----
+# Each line marked `# rejected` must be an error to mypy --strict and to pyright (strict), and
+# nothing else may be: a str argv (a program subprocess would take, a TypeError here), the
+# options Popen does not take, and a (pid, pidfd) used as a pid.
+
+MISUSES = """
+import os
+from pathlib import Path
+from typing import Any
+
+from linux_clone import Popen, run, spawn
+
+
+def sink(value: Any) -> None:
+    pass
+
+
+def pid_of_pidfd() -> int:
+    return spawn(["true"], pidfd=True)  # rejected
+
+
+def misuses(flag: bool) -> None:
+    sink(spawn("true"))  # rejected
+    sink(spawn(b"/bin/true"))  # rejected
+    sink(spawn(Path("/bin/true")))  # rejected
+    sink(run("ls"))  # rejected
+    sink(run(b"ls"))  # rejected
+    sink(Popen("ls"))  # rejected
+    sink(run([1]))  # rejected
+    sink(Popen(["ls"], shell=True))  # rejected
+    sink(run(["ls"], universal_newlines=True))  # rejected
+    sink(run(["ls"], stdout="out.txt"))  # rejected
+    sink(run(["ls"], timeout="5"))  # rejected
+    sink(Popen(["ls"], env={"A": 1}))  # rejected
+    sink(os.waitpid(spawn(["true"], pidfd=True), 0))  # rejected
+    sink(os.waitpid(spawn(["true"], pidfd=flag), 0))  # rejected
+"""
+
+ACCEPTED = """
+import os
+import subprocess
+from pathlib import Path
+from typing import IO, Any, List, Sequence, Tuple
+
+import linux_clone
+from linux_clone import PIPE, STDOUT, Popen, run, spawn
+
+
+def accepted(args: List[str], paths: Tuple[Path, ...], seq: Sequence[str],
+             out: IO[bytes]) -> List[Any]:
+    results: List[Any] = [os.waitpid(spawn(["true"]), 0), os.waitpid(spawn(args), 0),
+                          os.waitpid(spawn([b"/bin/true", Path("x"), "y"]), 0),
+                          spawn(("true",), pidfd=True)[1], spawn(seq, stdout=out)]
+    completed: subprocess.CompletedProcess[Any] = run(args, capture_output=True, text=True,
+                                                      check=True)
+    results.append(completed.stdout)
+    results.append(run(paths, linux_clone.NEWNET, loopback=True, stdout=out, stderr=STDOUT,
+                       input=b"", timeout=5, pass_fds=[3], close_fds=True,
+                       start_new_session=True, umask=0o22, encoding="utf-8",
+                       errors="strict", bufsize=None, env={"A": "b"}, cwd=Path("/")))
+    with Popen(["cat"], stdin=PIPE, stdout=PIPE, bufsize=0) as proc:
+        results.append(proc.communicate(b"x"))
+    return results
+"""
+
+
+def _type_errors(directory: Path, text: str) -> Tuple[List[int], List[int], str]:
+    """The lines of text that mypy --strict and pyright (strict) report errors on, and
+    their output."""
+    _require("mypy")
+    _require("pyright")
+    path = directory / "case.py"
+    path.write_text(text, encoding="utf-8")
+    (directory / "pyrightconfig.json").write_text(json.dumps({"typeCheckingMode": "strict"}))
+    mypy = _mypy(directory, str(path))
+    env = dict(os.environ, PYRIGHT_PYTHON_IGNORE_WARNINGS="1")
+    pyright = subprocess.run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable,
+                              str(path)], cwd=directory, env=env, capture_output=True,
+                             text=True, timeout=600)
+    mypy_lines = sorted({int(n) for n in re.findall(r"^[^:\n]*case\.py:(\d+): error:",
+                                                    mypy.stdout, re.MULTILINE)})
+    pyright_lines = sorted({int(n) for n in re.findall(r"case\.py:(\d+):\d+ - error:",
+                                                       pyright.stdout)})
+    return mypy_lines, pyright_lines, mypy.stdout + pyright.stdout
+
+
+def test_types_reject_the_misuses(tmp_path: Path) -> None:
+    expected = [number for number, line in enumerate(MISUSES.splitlines(), 1)
+                if line.endswith("# rejected")]
+    mypy_lines, pyright_lines, output = _type_errors(tmp_path, MISUSES)
+    assert (mypy_lines, pyright_lines) == (expected, expected), output
+
+
+def test_types_accept_the_subprocess_forms(tmp_path: Path) -> None:
+    mypy_lines, pyright_lines, output = _type_errors(tmp_path, ACCEPTED)
+    assert (mypy_lines, pyright_lines) == ([], []), output
