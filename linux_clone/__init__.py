@@ -91,12 +91,15 @@ def pivot_root(new_root: "str | bytes | os.PathLike[str] | os.PathLike[bytes]",
     new_root: the new root, a mount point (str, bytes or os.PathLike).
     old_root: where the old root is mounted, at or under new_root.
     What this package loads on first use (CloneFlag, Popen/run and subprocess) is loaded
-    first: once the old root is gone, the standard library may be out of reach.
+    first, where it can be: once the old root is gone, the standard library may be out of
+    reach.  A load that fails (no fd left, the library already gone) does not stop the call.
     """
-    __getattr__("CloneFlag")
-    __getattr__("Popen")
-    import subprocess  # noqa: F401  (Popen and run raise its exceptions)
-
+    try:
+        __getattr__("CloneFlag")
+        __getattr__("Popen")
+        import subprocess  # noqa: F401  (Popen and run raise its exceptions)
+    except (ImportError, OSError):
+        pass
     _core.pivot_root(new_root, old_root)
 
 

@@ -1068,3 +1068,18 @@ def test_names_made_on_first_use_survive_pivot_root(privileged: None) -> None:
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == str(
         ["gone", int(linux_clone.NEWNET), "NEWUTS", "Popen", "run"])
+
+
+def test_pivot_root_without_a_free_fd_still_makes_the_call() -> None:
+    # A fresh interpreter, so that nothing has loaded Popen yet: pivot_root's preload of what
+    # the package loads on first use needs an fd, and a failed preload must not stand in for
+    # the call's own answer.
+    proc = run_python(
+        "import errno, resource, linux_clone\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (0, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "try:\n"
+        "    linux_clone.pivot_root('/nonexistent-new', '/nonexistent-old')\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__, errno.errorcode[exc.errno], exc.filename)\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == "FileNotFoundError ENOENT /nonexistent-new\n"
