@@ -29,7 +29,8 @@ def summarize(row: Row, measured: Measured) -> Dict[str, Any]:
         targets.append({"implementation": target.impl, "target": target.text,
                         "kind": target.kind, "limit": target.limit,
                         "compared_with": target.other_key if target.kind != "ns" else None,
-                        "value": value, "met": None if value is None else target.met(value)})
+                        "value": value, "met": None if value is None else target.met(value),
+                        "not_here": target.not_here})
     return {"id": row.key, "operation": row.title, "unit": row.unit, "notes": row.notes,
             "calls_per_loop": measured.n, "repetitions": len(raw), "results": results,
             "skipped": measured.skipped, "targets": targets}
@@ -48,6 +49,13 @@ def _target_value(target: Dict[str, Any]) -> str:
     if target["kind"] in ("ns", "over"):
         return _time(value)
     return f"{value:.2f}×"
+
+
+def _met(target: Dict[str, Any]) -> str:
+    if target["value"] is None:
+        return "n/a"
+    verdict = "n/a" if target["met"] is None else "yes" if target["met"] else "**no**"
+    return f"{verdict} {_target_value(target)}"
 
 
 def table(report: Dict[str, Any]) -> str:
@@ -80,13 +88,12 @@ def table(report: Dict[str, Any]) -> str:
             res = r["results"].get(c)
             cells.append("—" if res is None else f"{_time(res['ns'])} ({res['ratio']:.2f}×)")
         target = "; ".join(t["target"] for t in r["targets"])
-        met = "; ".join("n/a" if t["met"] is None else
-                        ("yes " if t["met"] else "**no** ") + _target_value(t)
-                        for t in r["targets"])
+        met = "; ".join(_met(t) for t in r["targets"])
         lines.append(f"| {r['operation']} | " + " | ".join(cells) + f" | {target or '—'} | "
                      f"{met or '—'} |")
-    lines += ["", "Targets are for the linux_clone column unless they name cimport; "
-              "× is relative to raw C unless the target names another column."]
+    lines += ["", "Targets are for the linux_clone column unless they name another; × is "
+              "relative to raw C unless the target names another column; n/a: the goal is not "
+              "for this build."]
     notes = [f"- {r['operation']}: {r['notes']}" for r in rows if r["notes"]]
     for r in rows:
         if r["id"] == "setup":
