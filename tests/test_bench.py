@@ -40,7 +40,7 @@ def quick_report() -> Dict[str, Any]:
 
 
 # The JSON a user may have scripts for (and the README's table is made from): its keys stay.
-REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows"}
+REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows", "seconds", "loadavg_end"}
 SETTINGS_KEYS = {"quick", "repetitions", "proc_repetitions", "loop_ns"}
 MACHINE_KEYS = {"kernel", "arch", "cpu", "cpus", "loadavg", "clocksource", "python", "libc", "euid"}
 ROW_KEYS = {"id", "operation", "unit", "notes", "calls_per_loop", "repetitions", "results",
@@ -301,6 +301,33 @@ def test_targets_follow_the_kernel_and_the_build() -> None:
     assert threads.met(1.9) is (True if bench_rows.free_threaded() else None)
     assert ("not a free-threaded build" in rows["entered_threads"].notes) != (
         bench_rows.free_threaded())
+
+
+def test_markdown_is_the_readmes_block(quick_report: Dict[str, Any]) -> None:
+    lines = bench.markdown(quick_report).splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["- machine", "- python", "- method"]
+    assert "load average" in lines[0] and "at the end" in lines[0]
+    assert lines[3] == ""
+    assert lines[4].startswith("| operation | raw C |") and lines[4].endswith("| target | met |")
+    assert set(lines[5]) == set("|-") and lines[5].count("|") == lines[4].count("|")
+    body = lines[6:]
+    assert [line.split(" | ")[0][2:] for line in body] == [row.title for row in bench.ROWS]
+    assert all(line.count("|") == lines[4].count("|") for line in body)
+    title = next(row.title for row in bench.ROWS if row.key == "setup")
+    setup = next(line for line in body if line.startswith(f"| {title} |"))
+    assert "/s" in setup  # children per second
+    # The README's own block has the same shape: the lead pastes the output over it.
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        readme = f.read()
+    assert "\n- machine: Linux " in readme and "\n| operation | raw C |" in readme
+
+
+def test_markdown_and_json_exclude_each_other() -> None:
+    result = subprocess.run([sys.executable, "-m", "linux_clone.bench", "--json", "--markdown"],
+                            capture_output=True, text=True, timeout=60, cwd="/",
+                            env=python_env())
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
 
 
 def test_startup_runs_write_and_read_the_bytecode_cache(
