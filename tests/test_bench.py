@@ -41,7 +41,8 @@ def quick_report() -> Dict[str, Any]:
 
 
 # The JSON a user may have scripts for (and the README's table is made from): its keys stay.
-REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows", "seconds", "loadavg_end"}
+REPORT_KEYS = {"benchmark", "versions", "machine", "settings", "rows", "seconds",
+               "loadavg_end"}
 SETTINGS_KEYS = {"quick", "repetitions", "proc_repetitions", "loop_ns"}
 MACHINE_KEYS = {"kernel", "arch", "cpu", "cpus", "loadavg", "clocksource", "python", "libc", "euid"}
 ROW_KEYS = {"id", "operation", "unit", "notes", "calls_per_loop", "repetitions", "results",
@@ -57,7 +58,7 @@ ALWAYS = {
     "ns_get_nstype": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
     "ns_get_owner_uid": {"raw C", "cimport", "linux_clone", "fcntl", "ctypes"},
     "entered": {"raw C", "cimport", "/proc in C", "linux_clone"},
-    "entered_threads": {"raw C", "linux_clone", "2 threads"},
+    "entered_threads": {"raw C", "linux_clone", "2 threads", "2 threads C"},
     "fork": {"raw C", "linux_clone", "os"},
     "clone": {"raw C", "linux_clone", "os"},
     "spawn": {"raw C", "linux_clone", "os"},

@@ -10,8 +10,8 @@ from .harness import CIMPORT, LC, PROC_C, RAW, Measured
 from .rows import Row
 
 # The table's columns, in this order; a column shows when any row has it.
-COLUMNS = [RAW, CIMPORT, LC, PROC_C, "2 threads", "import", "spawn", "os", "ctypes", "fcntl",
-           "subprocess", "lxns", "pyroute2"]
+COLUMNS = [RAW, CIMPORT, LC, PROC_C, "2 threads", "2 threads C", "import", "spawn", "os",
+           "ctypes", "fcntl", "subprocess", "lxns", "pyroute2"]
 
 
 def summarize(row: Row, measured: Measured) -> Dict[str, Any]:
