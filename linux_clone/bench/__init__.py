@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
 
 from .harness import FULL, QUICK, Settings, Skip, in_worker, machine, privilege_problem, versions
-from .report import COLUMNS, plot, summarize, table
+from .report import COLUMNS, markdown, plot, summarize, table
 from .rows import ROWS, Row, Target
 
-__all__ = ["COLUMNS", "FULL", "QUICK", "ROWS", "Row", "Settings", "Target", "main", "run"]
+__all__ = ["COLUMNS", "FULL", "QUICK", "ROWS", "Row", "Settings", "Target", "main", "markdown",
+           "run"]
 
 
 def run(settings: Settings, quick: bool) -> Tuple[Dict[str, Any], bool]:
@@ -27,6 +29,7 @@ def run(settings: Settings, quick: bool) -> Tuple[Dict[str, Any], bool]:
         print(text, file=sys.stderr, flush=True)
 
     progress("linux_clone.bench: measuring the machine")
+    began = time.monotonic()
     report: Dict[str, Any] = {
         "benchmark": "linux_clone.bench", "versions": versions(), "machine": machine(),
         "settings": {"quick": quick, "repetitions": settings.repetitions,
@@ -57,6 +60,10 @@ def run(settings: Settings, quick: bool) -> Tuple[Dict[str, Any], bool]:
                 entry = summarize(row, measured)
                 progress(f"{label}: {time.monotonic() - start:.1f} s")
         report["rows"].append(entry)
+    report["seconds"] = round(time.monotonic() - began, 1)
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    progress(f"linux_clone.bench: {report['seconds']:.0f} s, load average "
+             f"{report['machine']['loadavg'][0]} at start, {report['loadavg_end'][0]} at the end")
     return report, ok
 
 
@@ -69,8 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "goes to stderr.  Needs root for the rows that create namespaces.")
     parser.add_argument("--quick", action="store_true",
                         help="a short run (a few seconds), as CI does")
-    parser.add_argument("--json", action="store_true",
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
                         help="print the results as JSON instead of the table")
+    output.add_argument("--markdown", action="store_true",
+                        help="print only the README's block: the machine, python and method "
+                             "lines and the table")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw a chart of the ratios (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -82,6 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report, ok = run(QUICK if args.quick else FULL, args.quick)
     if args.json:
         print(json.dumps(report, indent=1, ensure_ascii=False))
+    elif args.markdown:
+        print(markdown(report))
     else:
         print(table(report))
     if args.plot is not None:

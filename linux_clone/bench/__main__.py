@@ -1,4 +1,4 @@
-"""python -m linux_clone.bench [--quick] [--json] [--plot FILE.png]"""
+"""python -m linux_clone.bench [--quick] [--json | --markdown] [--plot FILE.png]"""
 
 import sys
 

@@ -10,6 +10,7 @@ import pickle
 import platform
 import signal
 import sys
+import sysconfig
 import time
 import timeit
 import traceback
@@ -256,13 +257,27 @@ def _read(path: str) -> str:
         return "unknown"
 
 
+# Read once, on import: sysconfig loads its data lazily, from where a process that dropped
+# its privileges may no longer read.
+_FREE_THREADED_BUILD = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def _python() -> str:
+    """The implementation and version, and for a free-threaded build whether the GIL is off."""
+    text = f"{platform.python_implementation()} {platform.python_version()}"
+    if _FREE_THREADED_BUILD:
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        text += f" free-threaded ({'GIL on' if gil else 'GIL off'})"
+    return text
+
+
 def machine() -> Dict[str, Any]:
     libc, libc_version = platform.libc_ver()
     return {
         "kernel": platform.release(), "arch": platform.machine(), "cpu": _cpu_model(),
         "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
         "clocksource": _read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python": _python(),
         "libc": f"{libc} {libc_version}".strip(), "euid": os.geteuid(),
     }
 

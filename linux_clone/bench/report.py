@@ -10,8 +10,8 @@ from .harness import CIMPORT, LC, PROC_C, RAW, Measured
 from .rows import Row
 
 # The table's columns, in this order; a column shows when any row has it.
-COLUMNS = [RAW, CIMPORT, LC, PROC_C, "2 threads", "import", "spawn", "os", "ctypes", "fcntl",
-           "subprocess", "lxns", "pyroute2"]
+COLUMNS = [RAW, CIMPORT, LC, PROC_C, "2 threads", "2 threads C", "import", "spawn", "os",
+           "ctypes", "fcntl", "subprocess", "lxns", "pyroute2"]
 
 
 def summarize(row: Row, measured: Measured) -> Dict[str, Any]:
@@ -29,7 +29,8 @@ def summarize(row: Row, measured: Measured) -> Dict[str, Any]:
         targets.append({"implementation": target.impl, "target": target.text,
                         "kind": target.kind, "limit": target.limit,
                         "compared_with": target.other_key if target.kind != "ns" else None,
-                        "value": value, "met": None if value is None else target.met(value)})
+                        "value": value, "met": None if value is None else target.met(value),
+                        "not_here": target.not_here})
     return {"id": row.key, "operation": row.title, "unit": row.unit, "notes": row.notes,
             "calls_per_loop": measured.n, "repetitions": len(raw), "results": results,
             "skipped": measured.skipped, "targets": targets}
@@ -50,23 +51,40 @@ def _target_value(target: Dict[str, Any]) -> str:
     return f"{value:.2f}×"
 
 
-def table(report: Dict[str, Any]) -> str:
+def _cell(row: Dict[str, Any], result: Dict[str, Any]) -> str:
+    cell = f"{_time(result['ns'])} ({result['ratio']:.2f}×)"
+    if row["id"] == "setup":  # the issue's unit for set-up loops
+        cell += f", {1e9 / result['ns']:,.0f}/s"
+    return cell
+
+
+def _met(target: Dict[str, Any]) -> str:
+    if target["value"] is None:
+        return "n/a"
+    verdict = "n/a" if target["met"] is None else "yes" if target["met"] else "**no**"
+    return f"{verdict} {_target_value(target)}"
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The block of the README's benchmark section: the machine, python and method lines, a
+    blank line, and the table (`python -m linux_clone.bench --markdown`)."""
     m = report["machine"]
     versions = report["versions"]
+    settings = report["settings"]
     rows = [r for r in report["rows"] if "results" in r]
     columns = [c for c in COLUMNS if any(c in r["results"] for r in rows)]
+    load = f"load average {m['loadavg'][0]} at start"
+    if "loadavg_end" in report:
+        load += f", {report['loadavg_end'][0]} at the end"
     lines = [
-        f"### linux_clone {versions['linux_clone']} benchmark"
-        f" (`python -m linux_clone.bench{' --quick' if report['settings']['quick'] else ''}`)",
-        "",
         f"- machine: Linux {m['kernel']} {m['arch']}, {m['cpu']} ({m['cpus']} CPUs), "
-        f"clocksource {m['clocksource']}, load average {m['loadavg'][0]} at start",
+        f"clocksource {m['clocksource']}, {load}",
         f"- python: {m['python']}, {m['libc']}; comparators: "
         + ", ".join(f"{k} {v}" if v else f"{k} (not installed)"
                     for k, v in versions.items() if k != "linux_clone"),
         f"- method: cells are the median time per {'/'.join(sorted({r['unit'] for r in rows}))}"
-        f" over {report['settings']['repetitions']} interleaved repetitions"
-        f" ({report['settings']['proc_repetitions']} single calls for the rows that create"
+        f" over {settings['repetitions']} interleaved repetitions"
+        f" ({settings['proc_repetitions']} single calls for the rows that create"
         " processes or namespaces) and, in parentheses, the median of each repetition's"
         " ratio to the raw C loop (syscall(2) in a nogil Cython loop) of the same row, same"
         " process, same run",
@@ -75,23 +93,30 @@ def table(report: Dict[str, Any]) -> str:
         "|---" * (len(columns) + 3) + "|",
     ]
     for r in rows:
-        cells = []
-        for c in columns:
-            res = r["results"].get(c)
-            cells.append("—" if res is None else f"{_time(res['ns'])} ({res['ratio']:.2f}×)")
+        cells = ["—" if c not in r["results"] else _cell(r, r["results"][c]) for c in columns]
         target = "; ".join(t["target"] for t in r["targets"])
-        met = "; ".join("n/a" if t["met"] is None else
-                        ("yes " if t["met"] else "**no** ") + _target_value(t)
-                        for t in r["targets"])
+        met = "; ".join(_met(t) for t in r["targets"])
         lines.append(f"| {r['operation']} | " + " | ".join(cells) + f" | {target or '—'} | "
                      f"{met or '—'} |")
-    lines += ["", "Targets are for the linux_clone column unless they name cimport; "
-              "× is relative to raw C unless the target names another column."]
+    return "\n".join(lines)
+
+
+def table(report: Dict[str, Any]) -> str:
+    """The whole report for an issue: a heading, the README's block, and the notes on what
+    each column ran, what was skipped and why."""
+    rows = [r for r in report["rows"] if "results" in r]
+    columns = [c for c in COLUMNS if any(c in r["results"] for r in rows)]
+    lines = [
+        f"### linux_clone {report['versions']['linux_clone']} benchmark"
+        f" (`python -m linux_clone.bench{' --quick' if report['settings']['quick'] else ''}`)",
+        "", markdown(report), "",
+        "Targets are for the linux_clone column unless they name another; × is relative to raw "
+        "C unless the target names another column; n/a: the goal is not for this build.",
+    ]
+    if "seconds" in report:
+        lines[-1] += f"  The run took {report['seconds']:.0f} s."
     notes = [f"- {r['operation']}: {r['notes']}" for r in rows if r["notes"]]
     for r in rows:
-        if r["id"] == "setup":
-            notes.append(f"- {r['operation']}, children per second: " + ", ".join(
-                f"{name} {1e9 / res['ns']:,.0f}" for name, res in r["results"].items()))
         if r["id"] in ("fork", "clone", "spawn", "setup", "configure_loopback", "startup"):
             notes.append(f"- {r['operation']}: " + "; ".join(
                 f"{name} = {res['what']}" for name, res in r["results"].items()
