@@ -1022,13 +1022,24 @@ cdef extern from "_spawn.h" nogil:
     bint lc_parent_gone(int pidfd, pid_t parent, bint newpid)
     const unsigned int CLOSE_RANGE_CLOEXEC
     int lc_close_range(unsigned int first, unsigned int last, unsigned int flags)
+    char *lc_stack_take(size_t length, size_t guard)
+    void lc_stack_keep(char *base, size_t length)
 
 
 SPAWN_STACK_SIZE = 64 * 1024
+cdef size_t _spawn_stack_length = SPAWN_STACK_SIZE + _page_size  # with the guard page below
 HOST_NAME_MAX = 64  # the kernel's __NEW_UTS_LEN: a longer name is EINVAL from sethostname
 cdef unsigned long long _SPAWN_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
                                         | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP
                                         | CLONE_NEWTIME | CLONE_PIDFD)
+
+
+def _unmap_kept_stack():
+    """At exit, as the interpreter frees what it made (an embedder may start another)."""
+    lc_stack_keep(NULL, _spawn_stack_length)
+
+
+atexit.register(_unmap_kept_stack)
 
 
 cdef enum _Stage:  # the step that failed: the parent's clone, or one of the child's
@@ -1123,7 +1134,18 @@ cdef class _Spawn:
     cdef _CStrings argv, envp, paths
     cdef bytes cwd, hostname
     cdef _Fds keep
-    cdef _Stack stack
+    cdef char *stack      # from lc_stack_take
+    cdef bint stack_busy  # a child may still run on it
+
+    def __dealloc__(self):
+        if self.stack == NULL:
+            return
+        if self.stack_busy:
+            # Only an exception between the clone and the wait for its exec leaves a child
+            # that may still run there: never kept for another spawn.
+            munmap(self.stack, _spawn_stack_length)
+        else:
+            lc_stack_keep(self.stack, _spawn_stack_length)
 
     cdef int prepare(self, object argv, object env, object cwd, object hostname) except -1:
         """Convert argv, env, cwd and hostname, each once (an __fspath__ or a mapping may
@@ -1179,8 +1201,11 @@ cdef class _Spawn:
         cdef sigset_t all_signals
         cdef char *stack_top
         cdef pid_t pid
-        self.stack = _Stack(SPAWN_STACK_SIZE)
-        stack_top = self.stack.base + self.stack.length
+        self.stack = lc_stack_take(_spawn_stack_length, _page_size)
+        if self.stack == NULL:
+            _raise_errno(errno)
+        lc_unpoison(self.stack, _spawn_stack_length)
+        stack_top = self.stack + _spawn_stack_length
         self.req.parent_pidfd = -1
         if not maps:
             c_flags |= CLONE_VFORK
@@ -1199,6 +1224,8 @@ cdef class _Spawn:
                             &self.req.done)
             if pid == -1:
                 self.req.err = errno
+        # Without maps, CLONE_VFORK returned once the child had exec'd or exited.
+        self.stack_busy = pid != -1 and maps
         return pid
 
     cdef object handshake(self, pid_t pid, object before_start):
@@ -1218,6 +1245,7 @@ cdef class _Spawn:
             with nogil:
                 lc_futex_set(&self.req.go, go)
                 lc_futex_wait_while(&self.req.done, 1)
+            self.stack_busy = False
         return failure
 
 

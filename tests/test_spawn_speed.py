@@ -4,12 +4,24 @@ process's own environ instead of a copy of os.environ, one stack kept from spawn
 
 from __future__ import annotations
 
+import errno
+import inspect
 import os
+import platform
+import resource
 import subprocess
-from typing import List, Tuple
+import threading
+import time
+from typing import Any, Dict, List, Tuple
+
+import pytest
 
 import linux_clone
-from conftest import in_child
+import seccomp_eras
+from conftest import in_child, run_python
+
+NEWUSER = int(linux_clone.NEWUSER)
+STACK_LENGTH = linux_clone._core.SPAWN_STACK_SIZE + resource.getpagesize()  # + guard page
 
 
 def _output(argv: List[str], **kwargs: object) -> Tuple[int, str]:
@@ -56,3 +68,213 @@ def test_spawn_env_default_sees_os_environ_changes() -> None:
     assert code == 0 and "LC_SPAWN_SET=set" in out
     assert not any(line.startswith("HOME=") for line in out)
     assert "PATH=/nonexistent:/usr/bin:/bin" in out
+
+
+# ---- the kept stack ----
+
+def _code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def guard_pages() -> int:
+    """The one-page PROT_NONE anonymous mappings of this process: a spawn stack's guard page
+    (and a thread stack's)."""
+    page, count = resource.getpagesize(), 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if fields[1] == "---p" and fields[4] == "0" and len(fields) == 5 \
+                    and end - start == page:
+                count += 1
+    return count
+
+
+def fail_stack_mmaps() -> None:
+    """From now on (this forked child only), an mmap of a spawn stack's length fails with
+    ENOMEM: only a kept stack lets a spawn run."""
+    number = {"x86_64": 9, "aarch64": 222}[platform.machine()]
+    seccomp_eras.ARCHES[platform.machine()][1]["mmap"] = number  # this child's copy
+    seccomp_eras.install([seccomp_eras.Rule("mmap", errno.ENOMEM, arg=1, lo=STACK_LENGTH,
+                                            hi=STACK_LENGTH)])
+
+
+def test_spawn_reuses_its_stack() -> None:
+    # No mmap of a new 64 KiB stack (+ guard page) per call: the first spawn's is kept.
+    def run() -> List[int]:
+        codes = [_code(linux_clone.spawn(["/bin/true"]))]  # type: ignore[arg-type]
+        fail_stack_mmaps()
+        codes += [_code(linux_clone.spawn(["/bin/true"])) for _ in range(3)]  # type: ignore
+        return codes
+    assert in_child(run) == [0, 0, 0, 0]
+
+
+def test_spawn_keeps_its_stack_after_a_failed_spawn() -> None:
+    # A child that failed to exec, and a before_start that raised (its child told to exit),
+    # leave the stack free and kept, as a spawn that succeeded does.
+    def raises(pid: int) -> None:
+        raise KeyError("before_start")
+
+    def run() -> List[Any]:
+        out: List[Any] = [_code(linux_clone.spawn(["/bin/true"]))]  # type: ignore[arg-type]
+        fail_stack_mmaps()
+        for call in (lambda: linux_clone.spawn(["/nonexistent/program"]),
+                     lambda: linux_clone._core.spawn(["/bin/true"], NEWUSER,
+                                                     before_start=raises)):
+            try:
+                call()
+            except (OSError, KeyError) as exc:
+                out.append(type(exc).__name__)
+        out.append(_code(linux_clone.spawn(["/bin/true"])))  # type: ignore[arg-type]
+        return out
+    assert in_child(run) == [0, "FileNotFoundError", "KeyError", 0]
+
+
+def test_spawn_keeps_one_stack() -> None:
+    # One stack is mapped for spawns between them, however many ran, also when the clone
+    # itself failed; and none before the first.
+    def clone_fails() -> str:
+        seccomp_eras.install([seccomp_eras.Rule("clone", errno.EAGAIN)])
+        try:
+            linux_clone.spawn(["/bin/true"])
+        except BlockingIOError:
+            return "EAGAIN"
+        return "spawned"
+
+    def run() -> Tuple[int, int, int, str, int]:
+        before = guard_pages()
+        assert _code(linux_clone.spawn(["/bin/true"])) == 0  # type: ignore[arg-type]
+        first = guard_pages()
+        for _ in range(20):
+            assert _code(linux_clone.spawn(["/bin/true"])) == 0  # type: ignore[arg-type]
+        many = guard_pages()
+        failed = clone_fails()
+        return before, first, many, failed, guard_pages()
+    before, first, many, failed, after_failure = in_child(run)
+    assert failed == "EAGAIN"
+    assert (first, many, after_failure) == (before + 1,) * 3
+
+
+def test_spawn_unmaps_its_stack_at_exit() -> None:
+    # The interpreter's exit unmaps the kept stack (the atexit handler registered first runs
+    # last, after linux_clone's).
+    code = "\n".join([
+        "import atexit, os, resource",
+        *inspect.getsource(guard_pages).splitlines(),
+        "atexit.register(lambda: print('exit:', guard_pages(), flush=True))",
+        "import linux_clone",
+        "before = guard_pages()",
+        "os.waitpid(linux_clone.spawn(['/bin/true']), 0)",
+        "print(before, guard_pages(), flush=True)",
+    ])
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    running, exiting = result.stdout.decode().splitlines()
+    before, after = (int(x) for x in running.split())
+    assert (after, exiting) == (before + 1, f"exit: {before}")
+
+
+def _maps_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def _threads_gone() -> None:
+    """Wait until the threads this (forked) process started have exited in the kernel too,
+    not only for Python's join: glibc reuses a thread's stack for the next thread only then."""
+    deadline = time.monotonic() + 30
+    while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+THREADS, SPAWNS = 4, 12
+
+
+def _spawn_in_threads(results: Dict[Tuple[int, int], Any]) -> None:
+    """THREADS threads × SPAWNS spawns each of `sh -c 'exit CODE'`, a code of its own per
+    spawn; every other spawn's child waits on its stack (NEWUSER, a before_start that sleeps)
+    while the other threads spawn."""
+    def before_start(pid: int) -> None:
+        time.sleep(0.002)
+
+    def body(t: int) -> None:
+        for i in range(SPAWNS):
+            code = t * SPAWNS + i + 1
+            argv = ["/bin/sh", "-c", f"exit {code}"]
+            try:
+                if i % 2:
+                    pid = linux_clone._core.spawn(argv, NEWUSER, before_start=before_start)
+                else:
+                    pid = linux_clone.spawn(argv)  # type: ignore[assignment]
+                results[t, i] = _code(pid)  # type: ignore[arg-type]
+            except Exception as exc:
+                results[t, i] = repr(exc)
+
+    threads = [threading.Thread(target=body, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _threads_gone()
+
+
+@pytest.mark.timeout(120)
+def test_spawn_stacks_in_threads(privileged: None) -> None:
+    # Concurrent spawns never share a stack: each child execs its own argv and exits with its
+    # own code.  A second round leaves the mappings and fds as the first left them (the
+    # threads' own stacks are glibc's to cache), one spawn stack kept.
+    def run() -> Tuple[List[Any], List[int], int, int, int, int]:
+        first: Dict[Tuple[int, int], Any] = {}
+        _spawn_in_threads(first)
+        maps, fds, guards = _maps_count(), len(os.listdir("/proc/self/fd")), guard_pages()
+        second: Dict[Tuple[int, int], Any] = {}
+        _spawn_in_threads(second)
+        codes = [first[t, i] for t in range(THREADS) for i in range(SPAWNS)]
+        codes += [second[t, i] for t in range(THREADS) for i in range(SPAWNS)]
+        return (codes, list(range(1, THREADS * SPAWNS + 1)) * 2,
+                _maps_count() - maps, len(os.listdir("/proc/self/fd")) - fds,
+                guards, guard_pages())
+    codes, expected, maps_delta, fds_delta, guards, guards_after = in_child(run, timeout=110)
+    assert codes == expected
+    assert (maps_delta, fds_delta, guards_after) == (0, 0, guards)
+
+
+
+
+def test_spawn_in_a_fork_while_another_thread_spawns(privileged: None) -> None:
+    # A fork taken while a thread's spawn holds the kept stack (its child waits for its maps):
+    # the forked child spawns on stacks of its own, and the thread's spawn ends as it would.
+    def run() -> Tuple[int, int, int, int]:
+        assert _code(linux_clone.spawn(["/bin/true"])) == 0  # type: ignore[arg-type]
+        warm = threading.Thread(target=lambda: None)  # glibc keeps its stack for the next
+        warm.start()
+        warm.join()
+        _threads_gone()
+        guards = guard_pages()
+        waiting, go = threading.Event(), threading.Event()
+        codes: List[int] = []
+
+        def before_start(pid: int) -> None:
+            waiting.set()
+            go.wait(30)
+
+        def spawner() -> None:
+            codes.append(_code(linux_clone._core.spawn(["/bin/sh", "-c", "exit 3"], NEWUSER,
+                                                       before_start=before_start)))
+
+        thread = threading.Thread(target=spawner)
+        thread.start()
+        waiting.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            ok = all(_code(linux_clone.spawn(["/bin/sh", "-c", "exit 5"])) == 5  # type: ignore
+                     for _ in range(3))
+            os._exit(0 if ok else 1)
+        forked = _code(pid)
+        go.set()
+        thread.join()
+        _threads_gone()
+        return forked, codes[0], guards, guard_pages()
+    forked, code, guards, guards_after = in_child(run)
+    assert (forked, code) == (0, 3)
+    assert guards_after == guards
