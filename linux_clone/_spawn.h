@@ -18,12 +18,13 @@
 /* A spawn child shares the parent's memory, so none of the parent's signal handlers may
    run in it: every caught signal goes back to SIG_DFL, then the parent's mask returns,
    as in posix_spawn.  SIGPIPE and SIGXFSZ, which Python ignores, go back to SIG_DFL too,
-   as subprocess's restore_signals does.  glibc's internal signals (32 up to SIGRTMIN)
-   are left alone. */
-static inline void lc_reset_signals(const sigset_t *mask) {
+   as subprocess's restore_signals does.  The caught ones are reset by the kernel when the
+   child came from clone3 with CLONE_CLEAR_SIGHAND (Linux 5.5), else here (`handlers`), a
+   query per signal; glibc's internal signals (32 up to SIGRTMIN) are left alone here. */
+static inline void lc_reset_signals(const sigset_t *mask, int handlers) {
     struct sigaction sa;
     int sig;
-    for (sig = 1; sig < _NSIG; sig++) {
+    for (sig = 1; handlers && sig < _NSIG; sig++) {
         if (sig >= 32 && sig < SIGRTMIN)
             continue;
         if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
@@ -32,6 +33,12 @@ static inline void lc_reset_signals(const sigset_t *mask) {
             sa.sa_handler = SIG_DFL;
             sigaction(sig, &sa, NULL);
         }
+    }
+    if (!handlers) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigaction(SIGPIPE, &sa, NULL);
+        sigaction(SIGXFSZ, &sa, NULL);
     }
     sigprocmask(SIG_SETMASK, mask, NULL);
 }

@@ -9,6 +9,7 @@ import inspect
 import os
 import platform
 import resource
+import signal
 import subprocess
 import threading
 import time
@@ -134,7 +135,8 @@ def test_spawn_keeps_one_stack() -> None:
     # One stack is mapped for spawns between them, however many ran, also when the clone
     # itself failed; and none before the first.
     def clone_fails() -> str:
-        seccomp_eras.install([seccomp_eras.Rule("clone", errno.EAGAIN)])
+        seccomp_eras.install([seccomp_eras.Rule(call, errno.EAGAIN)
+                              for call in ("clone", "clone3")])
         try:
             linux_clone.spawn(["/bin/true"])
         except BlockingIOError:
@@ -278,3 +280,44 @@ def test_spawn_in_a_fork_while_another_thread_spawns(privileged: None) -> None:
     forked, code, guards, guards_after = in_child(run)
     assert (forked, code) == (0, 3)
     assert guards_after == guards
+
+
+# ---- signal handlers: reset by the kernel (clone3 CLONE_CLEAR_SIGHAND), else by the child ----
+
+SYSCALLS = {"x86_64": {"rt_sigaction": 13}, "aarch64": {"rt_sigaction": 134}}
+
+
+def _signal_before_exec(rules: List["seccomp_eras.Rule"]) -> Tuple[int, List[int], int]:
+    """In a forked child: a Python handler for SIGUSR1, the seccomp `rules`, then a spawn
+    whose child is sent SIGUSR1 while it waits for the parent (blocked until its reset):
+    (its exit code, the handler's runs, `yes | head -1`'s exit code: SIGPIPE's default)."""
+    ran: List[int] = []
+    signal.signal(signal.SIGUSR1, lambda *_: ran.append(1))
+    seccomp_eras.ARCHES[platform.machine()][1].update(SYSCALLS[platform.machine()])
+    seccomp_eras.install(rules)
+    pid = linux_clone._core.spawn(["/bin/sh", "-c", "exit 3"],
+                                  before_start=lambda pid: os.kill(pid, signal.SIGUSR1))
+    code = _code(pid)
+    time.sleep(0.01)
+    pipe = _code(linux_clone.spawn(["/bin/sh", "-c", "yes | head -1 >/dev/null; exit $?"]))
+    return code, ran, pipe
+
+
+def _clear_sighand() -> bool:
+    return tuple(int(x) for x in platform.release().split(".")[:2]) >= (5, 5)
+
+
+@pytest.mark.skipif(not _clear_sighand(), reason="kernel without CLONE_CLEAR_SIGHAND (5.5)")
+def test_spawn_child_needs_no_signal_query() -> None:
+    # The kernel resets the caller's handlers in the child (clone3 CLONE_CLEAR_SIGHAND): no
+    # sigaction query per signal there.  Seen by failing every query (act NULL) with EPERM.
+    query_fails = seccomp_eras.Rule("rt_sigaction", errno.EPERM, arg=1, lo=0, hi=0)
+    assert in_child(_signal_before_exec, [query_fails]) == (-signal.SIGUSR1, [], 0)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSYS, errno.EINVAL], ids=["pre-5.3", "pre-5.5"])
+def test_spawn_resets_signal_handlers_without_clear_sighand(err: int) -> None:
+    # Without clone3 (ENOSYS) or without CLONE_CLEAR_SIGHAND (EINVAL), spawn clones and the
+    # child resets the handlers itself.
+    rules = [seccomp_eras.Rule("clone3", err)]
+    assert in_child(_signal_before_exec, rules) == (-signal.SIGUSR1, [], 0)
