@@ -31,6 +31,7 @@ cdef extern from "Python.h":
     PyInterpreterState *PyInterpreterState_Get()
     PyInterpreterState *PyInterpreterState_Main()
     unsigned long PyThread_get_thread_ident() nogil
+    bytes PyUnicode_EncodeFSDefault(object unicode)
 
 cdef extern from "<unistd.h>" nogil:
     int execve(const char *path, char *const argv[], char *const envp[])
@@ -148,7 +149,13 @@ cdef inline bint _is_path(object obj):
 
 
 cdef bytes _fsencode(object path):
-    cdef bytes raw = os.fsencode(path)
+    cdef bytes raw
+    if type(path) is bytes:
+        raw = path
+    elif type(path) is str:
+        raw = PyUnicode_EncodeFSDefault(path)  # os.fsencode's work, without its frames
+    else:
+        raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError("embedded null byte")
     return raw
@@ -1152,19 +1159,23 @@ cdef class _Spawn:
         """Convert argv, env, cwd and hostname, each once (an __fspath__ or a mapping may
         answer differently the next time): the program searched for is the argv[0] passed."""
         cdef bytes c_cwd, c_hostname
+        cdef bytes program
         self.argv = _CStrings(argv)
-        if env is None:
-            # The child execs with the process's own environ (req.envp NULL), which
-            # os.environ writes through to, as subprocess's child does: copying os.environ
-            # took ~20 us a call (35 variables), a sixth of spawn's overhead over C.
-            search = [(b"PATH", os.environb[b"PATH"])] if b"PATH" in os.environb else []
-        else:
+        if env is not None:
             search = _environ(env)
             self.envp = _CStrings([k + b"=" + v for k, v in search])
             self.req.envp = self.envp.array
+        # Else the child execs with the process's own environ (req.envp NULL), which
+        # os.environ writes through to, as subprocess's child does: copying os.environ
+        # took ~20 us a call (35 variables), a sixth of spawn's overhead over C.
         program = self.argv.items[0]
-        dirs = [b""] if b"/" in program else _exec_path(search)
-        self.paths = _CStrings([os.path.join(d, program) for d in dirs])
+        if b"/" in program:
+            self.paths = _CStrings([program])
+        else:
+            if env is None:
+                path = os.environb.get(b"PATH")
+                search = [] if path is None else [(b"PATH", path)]
+            self.paths = _CStrings([_exec_candidate(d, program) for d in _exec_path(search)])
         self.req.argv, self.req.paths = self.argv.array, self.paths.array
         if cwd is not None:
             c_cwd = self.cwd = _fsencode(cwd)
@@ -1340,7 +1351,7 @@ cdef list _exec_path(list environ):
     paths = [value for key, value in environ if key == b"PATH"]
     if len(paths) > 1:
         raise ValueError("env cannot contain 'PATH' and b'PATH' keys")
-    return (paths[0] if paths else os.fsencode(os.defpath)).split(os.fsencode(os.pathsep))
+    return (paths[0] if paths else os.fsencode(os.defpath)).split(b":")
 
 
 cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
@@ -1365,6 +1376,13 @@ cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
         pid = sys_clone(_spawn_child, stack + _spawn_stack_length, c_flags, req, pid_fd, NULL,
                         &req.done)
     return pid
+
+
+cdef inline bytes _exec_candidate(bytes directory, bytes program):
+    """os.path.join(directory, program) for a program without a slash, without its cost."""
+    if not directory:
+        return program
+    return directory + program if directory.endswith(b"/") else directory + b"/" + program
 
 
 # ---- spawn: the child ----

@@ -7,13 +7,15 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import pathlib
 import platform
 import resource
 import signal
 import subprocess
+import sys
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -321,3 +323,53 @@ def test_spawn_resets_signal_handlers_without_clear_sighand(err: int) -> None:
     # child resets the handlers itself.
     rules = [seccomp_eras.Rule("clone3", err)]
     assert in_child(_signal_before_exec, rules) == (-signal.SIGUSR1, [], 0)
+
+
+# ---- the arguments: converted in C, no Python frame per argument or PATH directory ----
+
+def _python_calls(call: Callable[[], Any]) -> List[str]:
+    """The Python functions call() runs (sys.setprofile's view), in order."""
+    seen: List[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            seen.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        result = call()
+    finally:
+        sys.setprofile(None)
+    _code(result)
+    return seen
+
+
+def test_spawn_converts_without_os_fsencode_or_path_join() -> None:
+    # str and bytes arguments are encoded as os.fsencode would, and the PATH candidates
+    # joined as os.path.join would, without their Python frames: once per argument and per
+    # PATH directory they were most of spawn's Python work.
+    def run() -> List[List[str]]:
+        os.environ["PATH"] = "/nonexistent:/usr/bin:/bin"
+        args = ["x", b"y", "z\udcff"]
+        return [_python_calls(lambda: linux_clone.spawn(["/bin/true", *args])),
+                _python_calls(lambda: linux_clone.spawn(["true", *args]))]
+    for calls in in_child(run):
+        assert "fsencode" not in calls and "join" not in calls, calls
+
+
+def test_spawn_path_forms(tmp_path: pathlib.Path) -> None:
+    # PATH entries with a trailing slash, doubled slashes and the empty entry (the current
+    # directory), as os.path.join and execvp take them; non-ASCII names as os.fsencode.
+    (tmp_path / "dir").mkdir()
+    for name in ("lc-prog", "lc-pr\u00f6g", "lc-\udcff"):
+        program = tmp_path / "dir" / name
+        program.write_text("#!/bin/sh\necho \"$0\" \"$@\"\n")
+        program.chmod(0o755)
+    for path in (f"{tmp_path}/dir/", f"/nonexistent:{tmp_path}//dir", ":/nonexistent"):
+        for name in ("lc-prog", "lc-pr\u00f6g", "lc-\udcff"):
+            code, out = _output([name, "\u00e4", b"\xff"], env={"PATH": path},
+                                cwd=tmp_path / "dir")
+            expected = subprocess.run([name, "\u00e4", b"\xff"], env={"PATH": path},
+                                      cwd=tmp_path / "dir", stdout=subprocess.PIPE,
+                                      check=True).stdout.decode("utf-8", "surrogateescape")
+            assert (code, out) == (0, expected), (path, name)
