@@ -1071,7 +1071,7 @@ cdef struct _SpawnRequest:
     bint loopback
     bint newtime
     bint newpid
-    bint reset_handlers # the kernel did not reset the signal handlers (no CLONE_CLEAR_SIGHAND)
+    bint reset_sig      # the child resets the signal handlers (no CLONE_CLEAR_SIGHAND)
     bint maps           # wait for `go` (the parent writes the id maps first)
     int go              # a _Go, set by the parent
     int done            # nonzero until the child execs or exits (CLONE_CHILD_CLEARTID)
@@ -1355,7 +1355,7 @@ cdef list _exec_path(list environ):
 
 
 cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
-                       int *pid_fd) noexcept nogil:
+                        int *pid_fd) noexcept nogil:
     """clone3 with CLONE_CLEAR_SIGHAND (Linux 5.5), so that the kernel resets the caller's
     signal handlers in the child: the child's own reset is a sigaction query per signal,
     ~65 syscalls (~30 us here).  Else (EINVAL before 5.5; ENOSYS before 5.3, on other
@@ -1369,10 +1369,10 @@ cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
     args.pidfd = <uint64_t>pid_fd
     args.child_tid = <uint64_t>&req.done
     args.stack, args.stack_size = <uint64_t>stack, _spawn_stack_length
-    req.reset_handlers = False
+    req.reset_sig = False
     pid = sys_clone3_fn(&args, sizeof(args), _spawn_child, req)
     if pid == -1 and (errno == ENOSYS or errno == EINVAL):
-        req.reset_handlers = True
+        req.reset_sig = True
         pid = sys_clone(_spawn_child, stack + _spawn_stack_length, c_flags, req, pid_fd, NULL,
                         &req.done)
     return pid
@@ -1410,7 +1410,7 @@ cdef int _spawn_child(void *arg) noexcept nogil:
         if req.go != GO_RUN:
             _exit(127)  # the parent raises what failed
         prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
-    lc_reset_signals(&req.mask, req.reset_handlers)
+    lc_reset_signals(&req.mask, req.reset_sig)
     # The new time namespace is the children's one; execve moves the process into it.
     if req.newtime and sys_unshare(<int>CLONE_NEWTIME) == -1:
         return _spawn_fail(req, STAGE_TIME, errno)
