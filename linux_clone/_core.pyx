@@ -6,7 +6,7 @@ import atexit
 import os
 import sys
 
-from libc.errno cimport errno, EINTR, ECHILD, EINVAL, EMFILE, ENOENT, ENOSYS, ENOTDIR
+from libc.errno cimport errno, EINTR, ECHILD, EINVAL, EMFILE, ENOENT, ENOSYS, ENOTDIR, EPERM
 from libc.limits cimport INT_MAX, UINT_MAX
 from libc.string cimport memset, strerror
 from libc.stdint cimport uint64_t
@@ -1359,8 +1359,8 @@ cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
     """clone3 with CLONE_CLEAR_SIGHAND (Linux 5.5), so that the kernel resets the caller's
     signal handlers in the child: the child's own reset is a sigaction query per signal,
     ~65 syscalls (~30 us here).  Else (EINVAL before 5.5; ENOSYS before 5.3, on other
-    architectures, or from a seccomp filter that refuses clone3) clone, and the child resets
-    them itself."""
+    architectures, or from a seccomp filter that refuses clone3, EPERM from older container
+    filters) clone, and the child resets them itself; a real error comes again from clone."""
     cdef lc_clone_args args
     cdef pid_t pid
     memset(&args, 0, sizeof(args))
@@ -1371,7 +1371,7 @@ cdef pid_t _spawn_clone(_SpawnRequest *req, char *stack, int c_flags,
     args.stack, args.stack_size = <uint64_t>stack, _spawn_stack_length
     req.reset_sig = False
     pid = sys_clone3_fn(&args, sizeof(args), _spawn_child, req)
-    if pid == -1 and (errno == ENOSYS or errno == EINVAL):
+    if pid == -1 and (errno == ENOSYS or errno == EINVAL or errno == EPERM):
         req.reset_sig = True
         pid = sys_clone(_spawn_child, stack + _spawn_stack_length, c_flags, req, pid_fd, NULL,
                         &req.done)
