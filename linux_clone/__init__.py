@@ -319,7 +319,8 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
     argv: the program (searched in PATH unless it has a slash) and its arguments.
     flags: CloneFlag NEW* bits.
-    env: the environment (default: os.environ); cwd: the directory to run in.
+    env: the environment (default: the process's, os.environ, as subprocess's child gets it);
+        cwd: the directory to run in.
     uid_map, gid_map: with NEWUSER, the id maps, written while the child waits ("deny" goes
         to setgroups first when the caller is not root, as the kernel then requires); a
         failed write is an OSError whose filename is the /proc/<pid>/ file.

@@ -62,13 +62,14 @@ ALWAYS = {
     "fork": {"raw C", "linux_clone", "os"},
     "clone": {"raw C", "linux_clone", "os"},
     "spawn": {"raw C", "linux_clone", "os"},
+    "spawn_pipe": {"raw C", "linux_clone"},
     "setup": {"raw C", "linux_clone", "spawn", "os"},
     "configure_loopback": {"raw C", "cimport", "linux_clone", "fcntl"},
     "startup": {"raw C", "import", "linux_clone"},
     "getpid": {"raw C", "os", "ctypes"},
 }
 # The rows that create a process or a namespace per call: one call per loop.
-SINGLE = {"fork", "clone", "spawn", "setup", "configure_loopback", "startup"}
+SINGLE = {"fork", "clone", "spawn", "spawn_pipe", "setup", "configure_loopback", "startup"}
 
 
 def test_quick_json_has_every_row(privileged: None, quick_report: Dict[str, Any]) -> None:
@@ -237,6 +238,7 @@ def test_c_loops_privileged(privileged: None) -> None:
             "entered_steps": _bench.entered_steps(there, net, 100) / 100,
             "clone_reap": _bench.clone_reap(int(linux_clone.NEWUTS), 3) / 3,
             "spawn_reap": _bench.spawn_reap(net, b"/bin/true", 3) / 3,
+            "spawn_pipe_reap": _bench.spawn_pipe_reap(net, b"/bin/echo", b"x", 3) / 3,
             "setup_reap": _bench.setup_reap(int(bench_rows.SETUP_FLAGS), b"bench", 3) / 3,
         }
         assert os.stat("/proc/thread-self/ns/net").st_ino == os.fstat(here).st_ino
@@ -256,6 +258,12 @@ def test_c_loops_privileged(privileged: None) -> None:
 def test_spawn_reap_reports_a_failed_program(privileged: None) -> None:
     with pytest.raises(OSError):
         in_child(lambda: _bench.spawn_reap(0, b"/bin/false", 1))
+
+
+def test_spawn_pipe_reap_reports_a_failed_program(privileged: None) -> None:
+    with pytest.raises(OSError) as info:
+        in_child(lambda: _bench.spawn_pipe_reap(0, b"/bin/false", b"x", 1))
+    assert info.value.errno == errno.ECHILD
 
 
 def test_setup_reap_reports_a_failed_child(privileged: None) -> None:

@@ -307,6 +307,30 @@ def spawn_columns() -> Columns:
     }
 
 
+def _echo_program() -> str:
+    for path in ("/bin/echo", "/usr/bin/echo"):
+        if os.access(path, os.X_OK):
+            return path
+    raise Skip("no /bin/echo")
+
+
+def spawn_pipe_columns() -> Columns:
+    echo = _echo_program()
+    argv = [echo, "spawn"]
+    return {
+        RAW: c(f"pipe2 ×2 + clone(VM|VFORK|NEWNET), child dup2 to 1 and 2 + execve {echo} "
+               "spawn; read both to EOF + waitpid; nogil loop", _bench.spawn_pipe_reap,
+               int(linux_clone.NEWNET), os.fsencode(echo), b"spawn"),
+        LC: py(f"linux_clone.run([{echo!r}, 'spawn'], NEWNET, capture_output=True, "
+               "check=True)", "run(argv, NEWNET, capture_output=True, check=True)",
+               run=linux_clone.run, argv=argv, NEWNET=linux_clone.NEWNET),
+        "subprocess": lambda: py(
+            f"subprocess.run(['unshare', '--net', {echo!r}, 'spawn'], capture_output=True, "
+            "check=True)", "run(command, capture_output=True, check=True)",
+            run=subprocess.run, command=[_program("unshare", 1), "--net", *argv]),
+    }
+
+
 def _stdlib_loopback() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         _, flags = IFREQ.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ.pack(b"lo", 0)))
@@ -555,6 +579,10 @@ ROWS = [
         targets=[Target(LC, 1.0, "≤ 1.0× os.fork+unshare", kind="vs", other="os")]),
     Row("spawn", "spawn /bin/true in a new netns + reap", "child", spawn_columns, single=True,
         targets=[Target(LC, 1.05, "≤ 1.05×")]),
+    Row("spawn_pipe", "spawn echo in a new netns, stdout + stderr to pipes, read + reap",
+        "child", spawn_pipe_columns, single=True,
+        notes="linux_clone.run(capture_output=True): Popen's pipes and communicate() over "
+              "spawn"),
     Row("setup", "child in new NET+UTS+IPC, lo up, hostname set + reap", "child",
         setup_columns, single=True,
         notes="children per second = 10⁹ ÷ the time per child"),
