@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from importlib import metadata
 from typing import Any, Dict, Tuple
 
