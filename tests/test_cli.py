@@ -15,7 +15,7 @@ from typing import Any, List
 
 import pytest
 
-from conftest import in_child, main_as_nobody, python_env, run_program
+from conftest import drop_privileges, in_child, main_as_nobody, python_env, run_program
 
 NS_FILES = {"net": "net", "uts": "uts", "ipc": "ipc", "mount": "mnt", "pid": "pid",
             "user": "user", "cgroup": "cgroup", "time": "time"}

@@ -1076,7 +1076,8 @@ def test_pivot_root_without_a_free_fd_still_makes_the_call() -> None:
     # the call's own answer.
     proc = run_python(
         "import errno, resource, linux_clone\n"
-        "resource.setrlimit(resource.RLIMIT_NOFILE, (0, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (0, hard))\n"
         "try:\n"
         "    linux_clone.pivot_root('/nonexistent-new', '/nonexistent-old')\n"
         "except OSError as exc:\n"
