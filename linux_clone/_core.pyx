@@ -606,12 +606,12 @@ cdef extern from "_clone.h":
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
 MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
-# What the child needs once it runs.  Only the thread holding the GIL writes these, right
-# before the clone, and the child reads its own copy.
+# What the child reads once on its dedicated stack (makecontext passes no pointers).  Only
+# the child writes these, in its own memory: every page the parent writes between two clones
+# is a copy-on-write fault, in the parent and again in a child that touches it.
 cdef object _child_func = None
 cdef char *_child_stack = NULL
 cdef size_t _child_stack_size = 0
-cdef int _child_close_fd = -1  # an fd the call opened (a cgroup path), closed by the child
 cdef ucontext_t _child_context
 
 
@@ -792,8 +792,6 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
     the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
     opened for this call, which the child closes first (the caller closes its own)."""
-    global _child_func, _child_stack, _child_stack_size, _child_close_fd, _shares_fd_table
-    cdef bint shared_before = _shares_fd_table
     cdef _Stack stack = None
     cdef int way, pidfd = -1, err = 0
     cdef pid_t pid
@@ -812,12 +810,6 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     except BaseException:
         PyOS_AfterFork_Parent()
         raise
-    _child_func = func
-    _child_stack = stack.base + _page_size if stack is not None else NULL
-    _child_stack_size = stack.length - _page_size if stack is not None else 0
-    # With a shared fd table the caller's close is the only one.
-    _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
-    _shares_fd_table = (flags & CLONE_FILES) != 0
     if way == WAY_DIRECT:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
@@ -825,11 +817,11 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         pid = _clone_from_fork(flags, exit_signal, args, way == WAY_FROM_FORK_PID_NS_MOVED, &pidfd,
                                &err)
     if pid == 0:
-        _child_start()
-    # Cleared while the fork lock is still held: in a free-threaded build another thread's
-    # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
-    _child_func = None
-    _shares_fd_table = shared_before
+        # The child returns here on its copy of this frame, so it reads these as locals.
+        # With a shared fd table the caller's close is the only one.
+        _child_start(func, stack.base + _page_size if stack is not None else NULL,
+                     stack.length - _page_size if stack is not None else 0,
+                     opened_fd if not flags & CLONE_FILES else -1, (flags & CLONE_FILES) != 0)
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
@@ -859,16 +851,15 @@ def clone(func, stack_size=0, flags=SIGCHLD):
 
 # ---- clone: the child side ----
 
-cdef void _child_start() noexcept:
-    """First code of the child: the interpreter's after-fork work, then func()."""
-    global _child_func, _child_stack, _child_stack_size
-    # Read before the at-fork hooks run: a hook that calls clone() sets these for its own
-    # child (and clears _child_func when that clone returns).
-    cdef object func = _child_func
-    cdef char *stack = _child_stack
-    cdef size_t stack_size = _child_stack_size
-    if _child_close_fd >= 0:
-        close(_child_close_fd)
+cdef void _child_start(object func, char *stack, size_t stack_size, int close_fd,
+                       bint shares_fd_table) noexcept:
+    """First code of the child: the interpreter's after-fork work, then func() (on `stack`
+    unless NULL).  close_fd: an fd the call opened (a cgroup path), closed first."""
+    global _child_func, _child_stack, _child_stack_size, _shares_fd_table
+    if close_fd >= 0:
+        close(close_fd)
+    if _shares_fd_table != shares_fd_table:  # written only when it changes: a page less
+        _shares_fd_table = shares_fd_table
     PyOS_AfterFork_Child()
     if stack != NULL:
         # Continue on the dedicated stack; the copy of the caller's stack is never used again.
