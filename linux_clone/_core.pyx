@@ -601,10 +601,16 @@ cdef extern from "_clone.h":
     # The interpreter's recursion bounds, fitted to the child's dedicated stack.
     const size_t LC_MIN_STACK_SIZE
     int lc_fit_recursion(char *base, size_t size) except -1
+    # sys.stdout and sys.stderr flushed through borrowed references (no page written for
+    # the lookups after a fork).
+    int lc_flush_std(dict sysdict, tuple names, str flush, bint keep_base) except -1
 
 # The smallest dedicated stack, for the running CPython: the reserve for the parser and
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
 MIN_STACK_SIZE = LC_MIN_STACK_SIZE
+
+cdef dict _sys_dict = sys.__dict__  # what sys.stdout reads, as the interpreter's exit does
+cdef tuple _STD_STREAMS = ("stdout", "stderr")
 
 # What the child reads once on its dedicated stack (makecontext passes no pointers).  Only
 # the child writes these, in its own memory: every page the parent writes between two clones
@@ -799,11 +805,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     if stack_size > 0:
         stack = _Stack(stack_size)
     # What the parent has buffered must not be written again by the child.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    lc_flush_std(_sys_dict, _STD_STREAMS, "flush", True)
     PyOS_BeforeFork()
     try:
         way = _way(flags, exit_signal)
@@ -940,11 +942,7 @@ cdef void _child_main(object func) noexcept:
             atexit._run_exitfuncs()
         except BaseException:
             pass  # printed already (3.9 raises the last one again, too)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+        lc_flush_std(_sys_dict, _STD_STREAMS, "flush", False)
     finally:
         if _shares_fd_table:
             lc_thread_ns_drop()  # entered()'s fd of this child, in the table the parent keeps

@@ -42,3 +42,63 @@ def test_a_files_childs_own_clone_is_not_a_files_child(privileged: None) -> None
         pid = linux_clone.clone(child, 0, linux_clone.FILES | signal.SIGCHLD)
         return [wait_code(pid)]
     assert in_child(body) == [51]
+
+
+# ---- the flushes of sys.stdout and sys.stderr ----
+
+FLUSHES = """
+import os, sys, linux_clone
+
+def code(pid):
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+class Failing:  # not an IOBase, whose finalizer would flush again
+    def __init__(self, exc):
+        self.exc = exc
+    def write(self, text):
+        return len(text)
+    def flush(self):
+        raise self.exc
+
+class Replacing(Failing):  # its flush drops the last reference to itself
+    def flush(self):
+        sys.stdout = None
+
+out, results = sys.stdout, []
+print("buffered before", end="")
+for stream in (Failing(ValueError("v")), None, Replacing(None), "missing"):
+    if stream == "missing":
+        del sys.stdout
+    else:
+        sys.stdout = stream
+    results.append(code(linux_clone.clone(lambda: 7)))
+sys.stdout = Failing(KeyboardInterrupt())
+try:
+    linux_clone.clone(lambda: 8)
+except KeyboardInterrupt:
+    results.append("interrupted")
+sys.stdout = None
+
+def child(stream):
+    def run():
+        sys.stdout = stream
+        return 9
+    return run
+
+for stream in (Failing(ValueError("v")), Failing(KeyboardInterrupt()), Failing(SystemExit(3)),
+               None, Replacing(None)):
+    results.append(code(linux_clone.clone(child(stream))))
+sys.stdout = out
+print("", results)
+"""
+
+
+def test_the_flushes_skip_or_ignore_what_the_interpreter_exit_does() -> None:
+    # The caller's flush ignores an Exception and stops at a KeyboardInterrupt (no child);
+    # the child's ignores both and keeps func's exit status; None, a missing stream and a
+    # flush that drops the stream's last reference are no error.
+    proc = run_python(FLUSHES)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode() == "buffered before [7, 7, 7, 7, 'interrupted', 9, 9, 9, 9, 9]\n"
+    assert proc.stderr == b""
+
