@@ -609,6 +609,7 @@ cdef extern from "_clone.h":
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
 MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
+cdef object _atexit_count = atexit._ncallbacks
 cdef dict _sys_dict = sys.__dict__  # what sys.stdout reads, as the interpreter's exit does
 cdef tuple _STD_STREAMS = ("stdout", "stderr")
 
@@ -908,6 +909,16 @@ cdef void _report_exception() noexcept:
         pass
 
 
+cdef bint _exit_is_idle(object threading) except -1:
+    """Whether threading._shutdown() and the atexit handlers have nothing to do at the child's
+    exit: no atexit handler of the child's own, one thread (any the child started is gone,
+    so none is left to join) and no threading._register_atexit callback.  _shutdown's only
+    other effect (3.9-3.14), the main thread marked stopped, is then seen by no code of the
+    child's; and each page that _shutdown would write is a copy-on-write fault."""
+    return (_atexit_count() == 0 and lc_single_threaded()
+            and (threading is None or not getattr(threading, "_threading_atexits", True)))
+
+
 cdef void _child_main(object func) noexcept:
     """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
     (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
@@ -931,17 +942,20 @@ cdef void _child_main(object func) noexcept:
     except BaseException:
         status = 1
         _report_exception()
+    cdef bint idle = False
     try:
         threading = sys.modules.get("threading")
-        if threading is not None:
+        idle = _exit_is_idle(threading)
+        if threading is not None and not idle:
             threading._shutdown()
     except BaseException:
         _report_exception()
     try:
-        try:
-            atexit._run_exitfuncs()
-        except BaseException:
-            pass  # printed already (3.9 raises the last one again, too)
+        if not idle:
+            try:
+                atexit._run_exitfuncs()
+            except BaseException:
+                pass  # printed already (3.9 raises the last one again, too)
         lc_flush_std(_sys_dict, _STD_STREAMS, "flush", False)
     finally:
         if _shares_fd_table:

@@ -102,3 +102,57 @@ def test_the_flushes_skip_or_ignore_what_the_interpreter_exit_does() -> None:
     assert proc.stdout.decode() == "buffered before [7, 7, 7, 7, 'interrupted', 9, 9, 9, 9, 9]\n"
     assert proc.stderr == b""
 
+
+# ---- threading._shutdown and the atexit handlers: run whenever they can be seen ----
+
+SHUTDOWN = """
+import atexit, os, sys, threading, linux_clone
+
+def code(pid):
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+def quiet():
+    return 0
+
+def with_atexit():
+    atexit.register(lambda: print("atexit: main thread alive", threading.main_thread().is_alive()))
+    return 1
+
+def with_threading_atexit():
+    threading._register_atexit(print, "threading atexit")
+    return 2
+
+def thread_joined():
+    thread = threading.Thread(target=print, args=("thread ran",))
+    thread.start()
+    thread.join()
+    atexit.register(print, "atexit after a joined thread")
+    return 3
+
+def thread_left():
+    threading.Thread(target=lambda: threading.Event().wait(0.2) or print("thread left")).start()
+    return 4
+
+for func in (quiet, with_atexit, with_threading_atexit, thread_joined, thread_left):
+    print(func.__name__, code(linux_clone.clone(func)), flush=True)
+threading._register_atexit(print, "inherited threading atexit")
+print("inherited", code(linux_clone.clone(quiet)), flush=True)
+"""
+
+
+def test_the_childs_exit_runs_what_it_can_see() -> None:
+    # threading._shutdown runs before the child's own atexit handlers (they see the main
+    # thread stopped), runs threading._register_atexit callbacks (the child's and the ones
+    # it inherited) and joins a non-daemon thread func left running.
+    proc = run_python(SHUTDOWN, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [
+        "quiet 0",
+        "atexit: main thread alive False", "with_atexit 1",
+        "threading atexit", "with_threading_atexit 2",
+        "thread ran", "atexit after a joined thread", "thread_joined 3",
+        "thread left", "thread_left 4",
+        "inherited threading atexit", "inherited 0",
+        "inherited threading atexit",  # the parent's own exit
+    ]
+    assert proc.stderr == b""
