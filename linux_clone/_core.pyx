@@ -609,7 +609,11 @@ cdef extern from "_clone.h":
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
 MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
+# The child's calls, looked up once: a lookup in the child writes reference counts (the
+# module's, the attribute's), and each page the child writes is a copy-on-write fault.
+cdef object _atexit_clear = atexit._clear
 cdef object _atexit_count = atexit._ncallbacks
+cdef dict _sys_modules = sys.modules
 cdef dict _sys_dict = sys.__dict__  # what sys.stdout reads, as the interpreter's exit does
 cdef tuple _STD_STREAMS = ("stdout", "stderr")
 
@@ -927,7 +931,7 @@ cdef void _child_main(object func) noexcept:
     cdef int status = 1
     try:
         try:
-            atexit._clear()
+            _atexit_clear()
             code = func()
         except SystemExit as exc:
             code = exc.code
@@ -944,7 +948,7 @@ cdef void _child_main(object func) noexcept:
         _report_exception()
     cdef bint idle = False
     try:
-        threading = sys.modules.get("threading")
+        threading = _sys_modules.get("threading")
         idle = _exit_is_idle(threading)
         if threading is not None and not idle:
             threading._shutdown()
