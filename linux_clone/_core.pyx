@@ -913,14 +913,18 @@ cdef void _report_exception() noexcept:
         pass
 
 
-cdef bint _exit_is_idle(object threading) except -1:
+cdef bint _exit_is_idle(object threading) noexcept:
     """Whether threading._shutdown() and the atexit handlers have nothing to do at the child's
     exit: no atexit handler of the child's own, one thread (any the child started is gone,
     so none is left to join) and no threading._register_atexit callback.  _shutdown's only
     other effect (3.9-3.14), the main thread marked stopped, is then seen by no code of the
-    child's; and each page that _shutdown would write is a copy-on-write fault."""
-    return (_atexit_count() == 0 and lc_single_threaded()
-            and (threading is None or not getattr(threading, "_threading_atexits", True)))
+    child's; and each page that _shutdown would write is a copy-on-write fault.  Not idle
+    when it cannot tell."""
+    try:
+        return (_atexit_count() == 0 and lc_single_threaded()
+                and (threading is None or not getattr(threading, "_threading_atexits", True)))
+    except BaseException:
+        return False
 
 
 cdef void _child_main(object func) noexcept:
@@ -929,6 +933,7 @@ cdef void _child_main(object func) noexcept:
     non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
     registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
     cdef int status = 1
+    cdef bint idle = False
     try:
         try:
             _atexit_clear()
@@ -946,7 +951,6 @@ cdef void _child_main(object func) noexcept:
     except BaseException:
         status = 1
         _report_exception()
-    cdef bint idle = False
     try:
         threading = _sys_modules.get("threading")
         idle = _exit_is_idle(threading)
