@@ -18,7 +18,7 @@ from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
 from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport close, dup, dup2, _exit, fork, getpid, setsid, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
-from cpython.object cimport PyObject_AsFileDescriptor
+from cpython.object cimport PyObject, PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
@@ -602,8 +602,9 @@ cdef extern from "_clone.h":
     const size_t LC_MIN_STACK_SIZE
     int lc_fit_recursion(char *base, size_t size) except -1
     # sys.stdout and sys.stderr flushed through borrowed references (no page written for
-    # the lookups after a fork).
-    int lc_flush_std(dict sysdict, tuple names, str flush, bint keep_base) except -1
+    # the lookups after a fork; as PyObject *, Cython passes its globals without a count).
+    int lc_flush_std(PyObject *sysdict, PyObject *names, PyObject *flush,
+                     bint keep_base) except -1
 
 # The smallest dedicated stack, for the running CPython: the reserve for the parser and
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
@@ -611,6 +612,9 @@ MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
 # The child's calls, looked up once: a lookup in the child writes reference counts (the
 # module's, the attribute's), and each page the child writes is a copy-on-write fault.
+# Called as PyObject *, which Cython passes on without counting a reference.
+cdef extern from "Python.h":
+    object PyObject_CallNoArgs(PyObject *callable)
 cdef object _atexit_clear = atexit._clear
 cdef object _atexit_count = atexit._ncallbacks
 cdef dict _sys_modules = sys.modules
@@ -810,7 +814,7 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     if stack_size > 0:
         stack = _Stack(stack_size)
     # What the parent has buffered must not be written again by the child.
-    lc_flush_std(_sys_dict, _STD_STREAMS, "flush", True)
+    lc_flush_std(<PyObject *>_sys_dict, <PyObject *>_STD_STREAMS, <PyObject *>"flush", True)
     PyOS_BeforeFork()
     try:
         way = _way(flags, exit_signal)
@@ -921,7 +925,7 @@ cdef bint _exit_is_idle(object threading) noexcept:
     child's; and each page that _shutdown would write is a copy-on-write fault.  Not idle
     when it cannot tell."""
     try:
-        return (_atexit_count() == 0 and lc_single_threaded()
+        return (PyObject_CallNoArgs(<PyObject *>_atexit_count) == 0 and lc_single_threaded()
                 and (threading is None or not getattr(threading, "_threading_atexits", True)))
     except BaseException:
         return False
@@ -936,7 +940,7 @@ cdef void _child_main(object func) noexcept:
     cdef bint idle = False
     try:
         try:
-            _atexit_clear()
+            PyObject_CallNoArgs(<PyObject *>_atexit_clear)
             code = func()
         except SystemExit as exc:
             code = exc.code
@@ -964,7 +968,8 @@ cdef void _child_main(object func) noexcept:
                 atexit._run_exitfuncs()
             except BaseException:
                 pass  # printed already (3.9 raises the last one again, too)
-        lc_flush_std(_sys_dict, _STD_STREAMS, "flush", False)
+        lc_flush_std(<PyObject *>_sys_dict, <PyObject *>_STD_STREAMS, <PyObject *>"flush",
+                     False)
     finally:
         if _shares_fd_table:
             lc_thread_ns_drop()  # entered()'s fd of this child, in the table the parent keeps

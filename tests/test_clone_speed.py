@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Any, List
-
-import pytest
 
 import linux_clone
 
