@@ -158,14 +158,20 @@ static inline int lc_flush_std(PyObject *sysdict, PyObject *names, PyObject *flu
     PyObject *stream, *result;
     Py_ssize_t i;
     for (i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        /* Held (its page is the one the flush writes anyway): a flush may replace
+           sys.stdout, and in a free-threaded build another thread may, at any moment. */
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyDict_GetItemRef(sysdict, PyTuple_GET_ITEM(names, i), &stream) < 0)
+            stream = NULL;
+#else
         stream = PyDict_GetItemWithError(sysdict, PyTuple_GET_ITEM(names, i));
+        Py_XINCREF(stream);
+#endif
         if (stream != NULL && stream != Py_None) {
-            /* Held: a flush may replace sys.stdout.  The page is the one the flush writes. */
-            Py_INCREF(stream);
             result = PyObject_CallMethodNoArgs(stream, flush);
             Py_XDECREF(result);
-            Py_DECREF(stream);
         }
+        Py_XDECREF(stream);
         if (PyErr_Occurred()) {
             if (keep_base && !PyErr_ExceptionMatches(PyExc_Exception))
                 return -1;
