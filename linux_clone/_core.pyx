@@ -18,7 +18,7 @@ from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
 from posix.types cimport dev_t, ino_t, pid_t, sigset_t, uid_t
 from posix.unistd cimport close, dup, dup2, _exit, fork, getpid, setsid, sysconf, _SC_PAGESIZE
 from posix.wait cimport waitpid
-from cpython.object cimport PyObject_AsFileDescriptor
+from cpython.object cimport PyObject, PyObject_AsFileDescriptor
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.long cimport PyLong_AsLong, PyLong_AsLongAndOverflow, PyLong_Check, PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
@@ -609,17 +609,32 @@ cdef extern from "_clone.h":
     # The interpreter's recursion bounds, fitted to the child's dedicated stack.
     const size_t LC_MIN_STACK_SIZE
     int lc_fit_recursion(char *base, size_t size) except -1
+    # sys.stdout and sys.stderr flushed through borrowed references (no page written for
+    # the lookups after a fork; as PyObject *, Cython passes its globals without a count).
+    int lc_flush_std(PyObject *sysdict, PyObject *names, PyObject *flush,
+                     bint keep_base) except -1
 
 # The smallest dedicated stack, for the running CPython: the reserve for the parser and
 # unchecked C recursion, and room for what the main thread runs (see lc_fit_recursion).
 MIN_STACK_SIZE = LC_MIN_STACK_SIZE
 
-# What the child needs once it runs.  Only the thread holding the GIL writes these, right
-# before the clone, and the child reads its own copy.
+# The child's calls, looked up once: a lookup in the child writes reference counts (the
+# module's, the attribute's), and each page the child writes is a copy-on-write fault.
+# Called as PyObject *, which Cython passes on without counting a reference.
+cdef extern from "Python.h":
+    object PyObject_CallNoArgs(PyObject *callable)
+cdef object _atexit_clear = atexit._clear
+cdef object _atexit_count = atexit._ncallbacks
+cdef dict _sys_modules = sys.modules
+cdef dict _sys_dict = sys.__dict__  # what sys.stdout reads, as the interpreter's exit does
+cdef tuple _STD_STREAMS = ("stdout", "stderr")
+
+# What the child reads once on its dedicated stack (makecontext passes no pointers).  Only
+# the child writes these, in its own memory: every page the parent writes between two clones
+# is a copy-on-write fault, in the parent and again in a child that touches it.
 cdef object _child_func = None
 cdef char *_child_stack = NULL
 cdef size_t _child_stack_size = 0
-cdef int _child_close_fd = -1  # an fd the call opened (a cgroup path), closed by the child
 cdef ucontext_t _child_context
 
 
@@ -800,8 +815,6 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
     the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
     opened for this call, which the child closes first (the caller closes its own)."""
-    global _child_func, _child_stack, _child_stack_size, _child_close_fd, _shares_fd_table
-    cdef bint shared_before = _shares_fd_table
     cdef _Stack stack = None
     cdef int way, pidfd = -1, err = 0
     cdef pid_t pid
@@ -809,23 +822,13 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     if stack_size > 0:
         stack = _Stack(stack_size)
     # What the parent has buffered must not be written again by the child.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    lc_flush_std(<PyObject *>_sys_dict, <PyObject *>_STD_STREAMS, <PyObject *>"flush", True)
     PyOS_BeforeFork()
     try:
         way = _way(flags, exit_signal)
     except BaseException:
         PyOS_AfterFork_Parent()
         raise
-    _child_func = func
-    _child_stack = stack.base + _page_size if stack is not None else NULL
-    _child_stack_size = stack.length - _page_size if stack is not None else 0
-    # With a shared fd table the caller's close is the only one.
-    _child_close_fd = opened_fd if not flags & CLONE_FILES else -1
-    _shares_fd_table = (flags & CLONE_FILES) != 0
     if way == WAY_DIRECT:
         pid = _raw_clone(flags, exit_signal, args, &pidfd)
         err = errno
@@ -833,11 +836,11 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
         pid = _clone_from_fork(flags, exit_signal, args, way == WAY_FROM_FORK_PID_NS_MOVED, &pidfd,
                                &err)
     if pid == 0:
-        _child_start()
-    # Cleared while the fork lock is still held: in a free-threaded build another thread's
-    # clone() sets it as soon as PyOS_AfterFork_Parent lets that thread run.
-    _child_func = None
-    _shares_fd_table = shared_before
+        # The child returns here on its copy of this frame, so it reads these as locals.
+        # With a shared fd table the caller's close is the only one.
+        _child_start(func, stack.base + _page_size if stack is not None else NULL,
+                     stack.length - _page_size if stack is not None else 0,
+                     opened_fd if not flags & CLONE_FILES else -1, (flags & CLONE_FILES) != 0)
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
@@ -867,16 +870,15 @@ def clone(func, stack_size=0, flags=SIGCHLD):
 
 # ---- clone: the child side ----
 
-cdef void _child_start() noexcept:
-    """First code of the child: the interpreter's after-fork work, then func()."""
-    global _child_func, _child_stack, _child_stack_size
-    # Read before the at-fork hooks run: a hook that calls clone() sets these for its own
-    # child (and clears _child_func when that clone returns).
-    cdef object func = _child_func
-    cdef char *stack = _child_stack
-    cdef size_t stack_size = _child_stack_size
-    if _child_close_fd >= 0:
-        close(_child_close_fd)
+cdef void _child_start(object func, char *stack, size_t stack_size, int close_fd,
+                       bint shares_fd_table) noexcept:
+    """First code of the child: the interpreter's after-fork work, then func() (on `stack`
+    unless NULL).  close_fd: an fd the call opened (a cgroup path), closed first."""
+    global _child_func, _child_stack, _child_stack_size, _shares_fd_table
+    if close_fd >= 0:
+        close(close_fd)
+    if _shares_fd_table != shares_fd_table:  # written only when it changes: a page less
+        _shares_fd_table = shares_fd_table
     PyOS_AfterFork_Child()
     if stack != NULL:
         # Continue on the dedicated stack; the copy of the caller's stack is never used again.
@@ -923,15 +925,30 @@ cdef void _report_exception() noexcept:
         pass
 
 
+cdef bint _exit_is_idle(object threading) noexcept:
+    """Whether threading._shutdown() and the atexit handlers have nothing to do at the child's
+    exit: no atexit handler of the child's own, one thread (any the child started is gone,
+    so none is left to join) and no threading._register_atexit callback.  _shutdown's only
+    other effect (3.9-3.14), the main thread marked stopped, is then seen by no code of the
+    child's; and each page that _shutdown would write is a copy-on-write fault.  Not idle
+    when it cannot tell."""
+    try:
+        return (PyObject_CallNoArgs(<PyObject *>_atexit_count) == 0 and lc_single_threaded()
+                and (threading is None or not getattr(threading, "_threading_atexits", True)))
+    except BaseException:
+        return False
+
+
 cdef void _child_main(object func) noexcept:
     """Run func() in the child and end it as a multiprocessing child of CPython 3.13+ ends
     (gh-83856): atexit handlers registered before func() are dropped (they are the parent's),
     non-daemon threads are joined (threading._shutdown), then the atexit handlers the child
     registered run, sys.stdout and sys.stderr are flushed, and it _exits; never returns."""
     cdef int status = 1
+    cdef bint idle = False
     try:
         try:
-            atexit._clear()
+            PyObject_CallNoArgs(<PyObject *>_atexit_clear)
             code = func()
         except SystemExit as exc:
             code = exc.code
@@ -947,21 +964,20 @@ cdef void _child_main(object func) noexcept:
         status = 1
         _report_exception()
     try:
-        threading = sys.modules.get("threading")
-        if threading is not None:
+        threading = _sys_modules.get("threading")
+        idle = _exit_is_idle(threading)
+        if threading is not None and not idle:
             threading._shutdown()
     except BaseException:
         _report_exception()
     try:
-        try:
-            atexit._run_exitfuncs()
-        except BaseException:
-            pass  # printed already (3.9 raises the last one again, too)
-        for stream in (sys.stdout, sys.stderr):
+        if not idle:
             try:
-                stream.flush()
+                atexit._run_exitfuncs()
             except BaseException:
-                pass
+                pass  # printed already (3.9 raises the last one again, too)
+        lc_flush_std(<PyObject *>_sys_dict, <PyObject *>_STD_STREAMS, <PyObject *>"flush",
+                     False)
     finally:
         if _shares_fd_table:
             lc_thread_ns_drop()  # entered()'s fd of this child, in the table the parent keeps
