@@ -30,6 +30,9 @@ NOBODY = 65534
 PR_SET_DUMPABLE = 4
 PAGE = os.sysconf("SC_PAGESIZE")
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
+# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
+# its emulated (TCG) guests.
+TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 # ---- helpers ----
@@ -1235,9 +1238,11 @@ DIRECT_SETS = ["NEWPID", "FILES|SIGCHLD", "NEWNET|SIGURG"]
 
 
 def run_stress(n: int, sets: List[str], timeout: float, max_hung: int) -> Dict[str, Any]:
-    """Run the stress script for n clones in a fresh interpreter; its report."""
+    """Run the stress script for n clones in a fresh interpreter, a clone that takes `timeout`
+    seconds (times TIME_SCALE) counting as hung; its report."""
+    timeout *= TIME_SCALE
     proc = run_python(f"N, TIMEOUT, SET_NAMES, MAX_HUNG = {n}, {timeout}, {sets!r}, {max_hung}\n"
-                      + STRESS, timeout=120 + n * 0.2, cwd="/")
+                      + STRESS, timeout=(120 + n * 0.2) * TIME_SCALE, cwd="/")
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     print(f"stress: {report['n']} clones in {report['seconds']:.1f} s, "
@@ -1251,7 +1256,7 @@ def test_threaded_stress_quick(privileged: None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180 + int(os.environ.get("LINUX_CLONE_STRESS_N", 2000)) * 0.2)
+@pytest.mark.timeout((180 + int(os.environ.get("LINUX_CLONE_STRESS_N", 2000)) * 0.2) * TIME_SCALE)
 def test_threaded_stress(privileged: None) -> None:
     n = int(os.environ.get("LINUX_CLONE_STRESS_N", 2000))
     report = run_stress(n, FORK_SAFE_SETS, timeout=10, max_hung=3)

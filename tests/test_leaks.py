@@ -36,6 +36,9 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36  # <linux/prctl.h>
 NOBODY = 65534
 NPROC_UID = 64977  # a uid of its own, so that nothing else counts against its RLIMIT_NPROC
+# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
+# its emulated (TCG) guests.
+TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 # ---- measuring (also sent to the fresh interpreters of the clone loops) ----
@@ -319,7 +322,8 @@ def _child_loop(name: str, n: int = CHILDREN) -> Dict[str, Any]:
     code = "".join(inspect.getsource(f) for f in (sample, leftover_children, measure))
     code = "import ctypes, gc, os, re, sys\nfrom typing import *\n" + code + CHILD_LOOPS % {
         "name": name, "n": n}
-    result = run_python(code, timeout=120, cwd="/")  # not the source tree's linux_clone
+    # cwd: not the source tree's linux_clone
+    result = run_python(code, timeout=120 * TIME_SCALE, cwd="/")
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(result.stdout)
 
