@@ -1270,12 +1270,12 @@ cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, obje
         raise ValueError("hostname needs NEWUTS in flags")
     if loopback and not ns_flags & CLONE_NEWNET:
         raise ValueError("loopback needs NEWNET in flags")
-    if ns_flags & CLONE_NEWTIME and _linux_before(6, 0):
-        # Before Linux 6.0 execve leaves a process in its time namespace (only its children
-        # enter time_for_children), and the child, sharing the caller's memory, cannot setns
-        # into it (EUSERS): the program would run with the caller's clocks.
-        raise OSError(EINVAL, "spawn(NEWTIME) needs Linux 6.0 (execve enters the new time "
-                      f"namespace from 6.0 on), this is {os.uname().release}")
+    if ns_flags & CLONE_NEWTIME and _linux_before(6, 2):
+        # Before Linux 6.2 (exec_task_namespaces) execve leaves a process in its time namespace
+        # (only its children enter time_for_children), and the child, sharing the caller's memory,
+        # cannot setns into it (EUSERS): the program would run with the caller's clocks.
+        raise OSError(EINVAL, "spawn(NEWTIME) needs Linux 6.2 (execve enters the new time "
+                      f"namespace from 6.2 on), this is {os.uname().release}")
     return 0
 
 

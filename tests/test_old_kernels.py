@@ -270,9 +270,9 @@ def _call(func: Callable[[], None], *needs: str, also: FrozenSet[int] = frozense
 
 ENOTTY = frozenset({errno.ENOTTY})  # a thin ioctl wrapper gives the kernel's own answer
 # What the running kernel lacks in every era: execve enters a new time namespace from Linux
-# 6.0 on (spawn(NEWTIME) is EINVAL before).
+# 6.2 on (spawn(NEWTIME) is EINVAL before).
 KERNEL = tuple(int(re.match(r"\d*", part)[0] or 0) for part in os.uname().release.split(".")[:2])
-KERNEL_MISSING = frozenset({"exec_timens"} if KERNEL < (6, 0) else ())
+KERNEL_MISSING = frozenset({"exec_timens"} if KERNEL < (6, 2) else ())
 CALLS: Dict[str, Call] = {
     "clone": _call(call_clone),
     "clone threaded": _call(call_clone_threaded),

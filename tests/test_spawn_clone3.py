@@ -30,8 +30,8 @@ NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
 needs_time_ns = pytest.mark.skipif(not HAS_TIME_NS, reason="kernel without time namespaces")
 KERNEL = tuple(int(re.match(r"\d*", part)[0] or 0) for part in os.uname().release.split(".")[:2])
-# execve enters the new time namespace from Linux 6.0 on: spawn(NEWTIME) is EINVAL before.
-needs_exec_timens = pytest.mark.skipif(KERNEL < (6, 0), reason="spawn(NEWTIME) needs Linux 6.0")
+# execve enters the new time namespace from Linux 6.2 on: spawn(NEWTIME) is EINVAL before.
+needs_exec_timens = pytest.mark.skipif(KERNEL < (6, 2), reason="spawn(NEWTIME) needs Linux 6.2")
 BAD_MAP = "0 1000 10\n5 2000 10"  # overlapping ranges: the kernel refuses it with EINVAL
 # How many times slower than this machine the time bounds may be: .ci/kernels sets it for
 # its emulated (TCG) guests.
@@ -547,11 +547,11 @@ def test_spawn_newpid_program_is_pid_1(privileged: None) -> None:
 
 @needs_time_ns
 def test_spawn_newtime(privileged: None) -> None:
-    if KERNEL < (6, 0):
+    if KERNEL < (6, 2):
         # The program would stay in the caller's time namespace: refused, nothing left behind.
         exc, clean, leaked = raises_cleanly(lambda: linux_clone.spawn(["/bin/true"], NEWTIME))
         assert (type(exc), exc.errno) == (OSError, errno.EINVAL), repr(exc)
-        assert "Linux 6.0" in str(exc) and clean and leaked == 0
+        assert "Linux 6.2" in str(exc) and clean and leaked == 0
         return
     mine = (ns_link("time"), ns_link("time_for_children"))
     code, out = spawn_output(["readlink", "/proc/self/ns/time",
