@@ -318,7 +318,8 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     child that makes only syscalls, then execve.  Return its pid ((pid, pidfd) with pidfd).
 
     argv: the program (searched in PATH unless it has a slash) and its arguments.
-    flags: CloneFlag NEW* bits.
+    flags: CloneFlag NEW* bits; NEWTIME needs Linux 6.2, where execve enters the new time
+        namespace (OSError EINVAL before).
     env: the environment (default: the process's, os.environ, as subprocess's child gets it);
         cwd: the directory to run in.
     uid_map, gid_map: with NEWUSER, the id maps, written while the child waits ("deny" goes

@@ -1327,7 +1327,22 @@ cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, obje
         raise ValueError("hostname needs NEWUTS in flags")
     if loopback and not ns_flags & CLONE_NEWNET:
         raise ValueError("loopback needs NEWNET in flags")
+    if ns_flags & CLONE_NEWTIME and _linux_before(6, 2):
+        # Before Linux 6.2 (exec_task_namespaces) execve leaves a process in its time namespace
+        # (only its children enter time_for_children), and the child, sharing the caller's memory,
+        # cannot setns into it (EUSERS): the program would run with the caller's clocks.
+        raise OSError(EINVAL, "spawn(NEWTIME) needs Linux 6.2 (execve enters the new time "
+                      f"namespace from 6.2 on), this is {os.uname().release}")
     return 0
+
+
+cdef bint _linux_before(int major, int minor) except -1:
+    """Whether the running kernel's release is older than major.minor."""
+    numbers = []
+    for part in os.uname().release.split(".", 2)[:2]:
+        digits = len(part) - len(part.lstrip("0123456789"))
+        numbers.append(int(part[:digits] or 0))
+    return tuple(numbers) < (major, minor)
 
 
 cdef int _raise_stage(int err, int stage, object program, object cwd,

@@ -29,6 +29,9 @@ SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
 PAGE = os.sysconf("SC_PAGESIZE")
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
+# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
+# its emulated (TCG) guests.
+TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 # ---- helpers ----
@@ -1051,9 +1054,11 @@ DIRECT_SETS = [pytest.param(NEWPID, id="NEWPID"),
 
 
 def run_stress(n: int, sets: List[int], timeout: float, max_hung: int) -> Dict[str, Any]:
-    """Run programs/clone_stress.py for n clones; its report."""
+    """Run programs/clone_stress.py for n clones, a clone that takes `timeout` seconds (times
+    TIME_SCALE) counting as hung; its report."""
+    timeout *= TIME_SCALE
     proc = run_program("clone_stress", n, timeout, max_hung, *map(int, sets),
-                       timeout=120 + n * 0.2)
+                       timeout=(120 + n * 0.2) * TIME_SCALE)
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     print(f"stress: {report['n']} clones in {report['seconds']:.1f} s, "
@@ -1067,7 +1072,7 @@ def test_threaded_stress_quick(privileged: None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180 + int(os.environ.get("LINUX_CLONE_STRESS_N", 2000)) * 0.2)
+@pytest.mark.timeout((180 + int(os.environ.get("LINUX_CLONE_STRESS_N", 2000)) * 0.2) * TIME_SCALE)
 def test_threaded_stress(privileged: None) -> None:
     n = int(os.environ.get("LINUX_CLONE_STRESS_N", 2000))
     report = run_stress(n, FORK_SAFE_SETS, timeout=10, max_hung=3)

@@ -34,6 +34,9 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 NOBODY = 65534
 NPROC_UID = 64977  # a uid of its own, so that nothing else counts against its RLIMIT_NPROC
+# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
+# its emulated (TCG) guests.
+TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 DELTAS: Dict[str, Dict[str, Any]] = {}
@@ -212,7 +215,7 @@ def test_cheap_calls_stay_flat(privileged: None) -> None:
 # ---- 1,000 of each way to start a child, in a fresh interpreter (a cheap fork) ----
 
 def _child_loop(name: str, n: int = CHILDREN) -> Dict[str, Any]:
-    result = run_program("child_loops", name, n, timeout=120)
+    result = run_program("child_loops", name, n, timeout=120 * TIME_SCALE)
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(result.stdout)
 

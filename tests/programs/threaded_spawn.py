@@ -1,8 +1,8 @@
 """n spawns (a uid map every 7th) from a parent whose other threads hammer malloc and two of
 which spawn 60 programs each at the same time; prints, as json, the programs that hung
-(killed after 10 s), those that exited with a wrong code, the exceptions, and the time.
+(killed after `hang` seconds), those that exited with a wrong code, the exceptions, and the time.
 
-Arguments: n."""
+Arguments: n hang."""
 
 import ctypes
 import ctypes.util
@@ -16,7 +16,7 @@ import time
 
 import linux_clone as lc
 
-N = int(sys.argv[1])
+N, HANG = int(sys.argv[1]), float(sys.argv[2])
 sys.setswitchinterval(1e-4)  # spawning threads get the GIL back soon after each syscall
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -46,7 +46,7 @@ def spawner(first, n):
             flags = FLAGS[i % len(FLAGS)] | (lc.NEWUSER if maps else 0)
             pid, pidfd = lc.spawn(["/bin/sh", "-c", "exit %d" % (i % 100)], flags,
                                   pidfd=True, **maps)
-            ready = select.select([pidfd], [], [], 10)[0]
+            ready = select.select([pidfd], [], [], HANG)[0]
             os.close(pidfd)
             if not ready:
                 hung.append(i)
