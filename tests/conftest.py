@@ -120,6 +120,10 @@ def run_python(code: str, *, timeout: float = 120, input: Optional[bytes] = None
     return _run_interpreter(["-c", code], timeout, input, kwargs)
 
 
+# How many times slower than this machine the tests' time bounds may be: .ci/kernels sets
+# LINUX_CLONE_TIME_SCALE for its emulated (TCG) guests.
+TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
+
 PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
 
 

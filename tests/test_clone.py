@@ -21,17 +21,14 @@ from linux_clone import (
     FS, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS, PIDFD,
     DETACHED, SYSVSEM, WALL,
 )
-from conftest import (children_of, drop_privileges, in_child, in_clone, no_children_left,
-                      ns_inode, pidfd_exit, remove_cgroup, run_program, run_python,
-                      running_threads, wait_code)
+from conftest import (TIME_SCALE, children_of, drop_privileges, in_child, in_clone,
+                      no_children_left, ns_inode, pidfd_exit, remove_cgroup, run_program,
+                      run_python, running_threads, wait_code)
 
 SIGCHLD = signal.SIGCHLD
 NOBODY = 65534
 PAGE = os.sysconf("SC_PAGESIZE")
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
-# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
-# its emulated (TCG) guests.
-TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 # ---- helpers ----

@@ -23,7 +23,7 @@ from typing import Tuple
 import pytest
 
 import linux_clone
-from conftest import in_child, ns_inode
+from conftest import TIME_SCALE, in_child, ns_inode
 
 pytest.importorskip("Cython", reason="the cimport test needs Cython (the `test` extra)")
 
@@ -31,9 +31,6 @@ HERE = Path(__file__).parent
 PACKAGE_DIR = Path(linux_clone.__file__).parent
 SOURCE_DIR = HERE.parent / "linux_clone"  # the private headers, which the wheel leaves out
 SETNS_LOOPS = 10_000
-# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
-# its emulated (TCG) guests.
-TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 def _compile(tmp: Path) -> ModuleType:

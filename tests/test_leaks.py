@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 import linux_clone
-from conftest import Fileno, drop_privileges, in_child, run_program
+from conftest import Fileno, TIME_SCALE, drop_privileges, in_child, run_program
 from leak_measure import leftover_children, measure, sample
 
 MIN_STACK = linux_clone._core.MIN_STACK_SIZE
@@ -34,9 +34,6 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000  # <sys/mount.h>
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 NOBODY = 65534
 NPROC_UID = 64977  # a uid of its own, so that nothing else counts against its RLIMIT_NPROC
-# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
-# its emulated (TCG) guests.
-TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 DELTAS: Dict[str, Dict[str, Any]] = {}

@@ -23,9 +23,9 @@ from linux_clone import (
     FILES, FS, INTO_CGROUP, NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS,
     PARENT, PIDFD, WALL,
 )
-from conftest import (Fileno, children_of, drop_privileges, fd_count, in_child, in_clone,
-                      no_children_left, pidfd_exit, remove_cgroup, run_program, running_threads,
-                      wait_code)
+from conftest import (Fileno, TIME_SCALE, children_of, drop_privileges, fd_count, in_child,
+                      in_clone, no_children_left, pidfd_exit, remove_cgroup, run_program,
+                      running_threads, wait_code)
 
 NOBODY = 65534
 HAS_TIME_NS = os.path.exists("/proc/self/ns/time")
@@ -34,9 +34,6 @@ KERNEL = tuple(int(re.match(r"\d*", part)[0] or 0) for part in os.uname().releas
 # execve enters the new time namespace from Linux 6.2 on: spawn(NEWTIME) is EINVAL before.
 needs_exec_timens = pytest.mark.skipif(KERNEL < (6, 2), reason="spawn(NEWTIME) needs Linux 6.2")
 BAD_MAP = "0 1000 10\n5 2000 10"  # overlapping ranges: the kernel refuses it with EINVAL
-# How many times slower than this machine the time bounds may be: .ci/kernels sets it for
-# its emulated (TCG) guests.
-TIME_SCALE = float(os.environ.get("LINUX_CLONE_TIME_SCALE", "1"))
 
 
 # ---- helpers ----
