@@ -390,16 +390,46 @@ def parse_args(argv: List[str]) -> Options:
             opts.flags |= NEWUTS
             opts.hostname = value
         elif name == "help":
-            print(USAGE)
+            print_out(USAGE)
             raise SystemExit(0)
         elif name == "version":
             from . import __version__  # what pyproject.toml reads; importlib.metadata is slow
-            print(f"{PROG} from linux_clone {__version__}")
+            print_out(f"{PROG} from linux_clone {__version__}")
             raise SystemExit(0)
     if opts.offsets and not opts.flags & NEWTIME:
         raise Failure("options --monotonic and --boottime require unsharing of a time "
                       "namespace (-t)")
     return opts
+
+
+def print_out(text: str) -> None:
+    """print to stdout and flush: as util-linux's close_stdout(), output that cannot be
+    written (a full disk) is an error; with fd 1 closed at start-up (sys.stdout None), as
+    for unshare(1), it is not."""
+    try:
+        print(text)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        raise Failure("write error", exc.errno) from None
+
+
+def flush_std() -> None:
+    """Flush sys.stdout and sys.stderr before a fork: None when fd 1 (2) was closed when
+    Python started, as a command run with 1>&- finds it."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
+def child_exit(status: int) -> None:
+    """End a forked child (never returning into the parent's code): what it said is
+    written first."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def libc() -> Any:
@@ -439,8 +469,7 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
     """A child that calls work() once told to by sync_with_helper (after our unshare), then
     exits, 1 with a message if it raised Failure: (its pid, the fd to tell it by)."""
     rfd, wfd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_std()
     pid = os.fork()
     if pid:
         os.close(rfd)
@@ -456,8 +485,7 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
     except BaseException:
         sys.excepthook(*sys.exc_info())
     finally:
-        sys.stderr.flush()
-        os._exit(status)
+        child_exit(status)
 
 
 def sync_with_helper(helper: Tuple[int, int], go: bool = True) -> None:
@@ -661,8 +689,7 @@ def run(opts: Options) -> int:
             # Blocked before the fork, so that the child starts with them blocked too and
             # unblocks them once it is ready to become COMMAND.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            flush_std()
             pid = os.fork()
             if pid == 0:
                 status = 1
@@ -680,8 +707,7 @@ def run(opts: Options) -> int:
                 except BaseException:
                     sys.excepthook(*sys.exc_info())
                 finally:
-                    sys.stderr.flush()
-                    os._exit(status)
+                    child_exit(status)
         if opts.persist:
             if binder is not None:
                 helpers.remove(binder)
@@ -751,4 +777,9 @@ def exit_with(status: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    try:
+        exit_with(main())
+    finally:
+        # Only --help and --version write to stdout, and they flush it, reporting a failure:
+        # what could not be written is not tried again at exit (exit status 120).
+        sys.stdout = None

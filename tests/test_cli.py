@@ -653,3 +653,32 @@ def test_main_in_process_reaps_its_helpers_after_a_failure(privileged: None) -> 
     # The binder helper is started, then the unshare fails (EPERM).
     assert main_in_process(["--mount", "--net=/tmp/file", "--fork", "--", "true"],
                            nobody=True) == (1, {})
+
+
+# ---- an outside probe's findings ----
+
+def both_with(redirect: str, *args: str) -> List[tuple]:
+    """(exit status, stderr) of `unshare ARGS` and `python -m linux_clone ARGS`, each run by
+    sh with `redirect` (such as 1>&-, fd 1 closed when it starts)."""
+    results = []
+    for argv in (["unshare"], [sys.executable, "-m", "linux_clone"]):
+        result = subprocess.run(["sh", "-c", f'"$@" {redirect}', "sh", *argv, *args],
+                                capture_output=True, text=True, env=python_env(), cwd="/",
+                                timeout=60)
+        results.append((result.returncode, result.stderr.replace("unshare:", "linux_clone:")))
+    return results
+
+
+@pytest.mark.parametrize("redirect, args", [
+    (">&-", ["-f", "sh", "-c", "echo x >&2"]),
+    ("2>&-", ["-f", "sh", "-c", "echo x"]),
+    (">&-", ["-f", "true"]),
+    (">&-", ["-V"]),
+    (">/dev/full", ["-V"]),
+    (">/dev/full", ["-h"]),
+    (">/dev/full", ["--help"]),
+])
+def test_closed_or_full_stdio_as_unshare(util_linux_unshare: None, redirect: str,
+                                         args: List[str]) -> None:
+    theirs, ours = both_with(redirect, *args)
+    assert ours == theirs
