@@ -51,7 +51,7 @@ MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x40000, 0x80000, 0x100000
 PROPAGATION = {"slave": MS_REC | MS_SLAVE, "private": MS_REC | MS_PRIVATE,
                "shared": MS_REC | MS_SHARED, "unchanged": 0}
 CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 7  # <time.h>
-PR_SET_PDEATHSIG, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 47, 2  # <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_CAPBSET_READ, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 23, 47, 2  # <linux/prctl.h>
 # Python ignores these at start-up; a command expects the default, as subprocess's
 # restore_signals gives it (SIGXFZ exists on some systems only).
 PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
@@ -560,8 +560,13 @@ def keep_caps() -> None:
     if c.capset(header, data) < 0:
         raise Failure("capset failed", ctypes.get_errno())
     effective = data[3] << 32 | data[0]
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except OSError:  # no /proc (after --root): as util-linux, ask the bounding set
+        last = 0
+        while c.prctl(PR_CAPBSET_READ, ctypes.c_ulong(last + 1), 0, 0, 0) >= 0:
+            last += 1
     for cap in range(last + 1):
         if effective >> cap & 1 and c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE,
                                             ctypes.c_ulong(cap), 0, 0) < 0:
@@ -595,9 +600,13 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
         # otherwise propagate back to the one we came from.
         mount("none", "/", None, opts.propagation, "cannot change root filesystem propagation")
     if opts.root is not None or opts.uid is not None or opts.gid is not None:
-        # os.execvp imports warnings on first use (3.12+): after a chroot or a change of uid
-        # the standard library may be out of reach.
+        # os.execvp imports warnings on first use (3.12+), --keep-caps ctypes, --hostname
+        # socket: after a chroot or a change of uid the standard library may be out of reach.
         import warnings  # noqa: F401
+        if opts.keep_caps:
+            import ctypes  # noqa: F401
+        if opts.hostname is not None:
+            import socket  # noqa: F401
     wd = opts.wd
     if opts.root is not None:
         try:

@@ -682,3 +682,33 @@ def test_closed_or_full_stdio_as_unshare(util_linux_unshare: None, redirect: str
                                          args: List[str]) -> None:
     theirs, ours = both_with(redirect, *args)
     assert ours == theirs
+
+
+def busybox_root(path: Any) -> str:
+    """A root directory holding only /bin/busybox (no Python, no /proc mounted)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed")
+    os.makedirs(path / "bin")
+    os.makedirs(path / "proc")
+    shutil.copy(busybox, path / "bin" / "busybox")
+    return str(path)
+
+
+@pytest.mark.parametrize("options, script", [
+    (["--keep-caps"], "busybox mount -t proc proc /proc && busybox grep Cap /proc/self/status"),
+    (["--hostname", "probe-root"], "busybox hostname"),
+])
+def test_root_without_python_as_unshare(util_linux_unshare: None, privileged: None,
+                                        tmp_path: Any, options: List[str],
+                                        script: str) -> None:
+    """What --keep-caps and --hostname import is imported before --root takes the standard
+    library out of reach; --keep-caps finds the last capability without /proc."""
+    root = busybox_root(tmp_path)
+    args = ["-r", "-m", "-p", "-f", *options, "-R", root, "/bin/busybox", "sh", "-c", script]
+    theirs, ours = both(*args)
+    if "--hostname" in options:  # ours only: unshare(1) has no --hostname
+        theirs = both("-u", "-r", "-m", "-p", "-f", "-R", root, "/bin/busybox", "sh", "-c",
+                      "busybox hostname probe-root && busybox hostname")[0]
+    assert theirs[0] == 0, theirs
+    assert ours == theirs
