@@ -578,10 +578,6 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
     then exec the command; raise Failure if a step fails."""
     for signum in PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
-    if opts.kill_child:
-        import ctypes
-        if libc().prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(opts.kill_child), 0, 0, 0) < 0:
-            raise Failure("prctl failed", ctypes.get_errno())
     if opts.map_user is not None and not opts.usermap:
         write_file("/proc/self/uid_map", f"{opts.map_user} {real_uid} 1",
                    "write failed /proc/self/uid_map")
@@ -699,10 +695,21 @@ def run(opts: Options) -> int:
             # unblocks them once it is ready to become COMMAND.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
             flush_std()
+            if opts.kill_child:
+                # Loaded before the fork, so that the child's first act is to ask for its
+                # death signal: a CLI killed in between would leave COMMAND running unseen.
+                import ctypes
+                prctl, parent = libc().prctl, os.getpid()
+                death_signal = ctypes.c_ulong(opts.kill_child)
             pid = os.fork()
             if pid == 0:
                 status = 1
                 try:
+                    if opts.kill_child:
+                        if prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) < 0:
+                            raise Failure("prctl failed", ctypes.get_errno())
+                        if os.getppid() != parent:  # gone before the prctl: as unshare(1)
+                            os.kill(os.getpid(), opts.kill_child)
                     if binder is not None:
                         os.close(binder[1])
                     for signum in WAIT_SIGNALS:

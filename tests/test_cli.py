@@ -712,3 +712,39 @@ def test_root_without_python_as_unshare(util_linux_unshare: None, privileged: No
                       "busybox hostname probe-root && busybox hostname")[0]
     assert theirs[0] == 0, theirs
     assert ours == theirs
+
+
+def kill_cli_as_its_child_appears(tries: int) -> int:
+    """Start `linux_clone --kill-child sleep 1000` `tries` times, SIGKILL it as soon as it
+    has a child; return how many of those children were still running 10 s later.  Run as a
+    subreaper (in a forked child), so that the orphans come to it to be reaped."""
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    survivors = 0
+    for _ in range(tries):
+        proc = subprocess.Popen([sys.executable, "-m", "linux_clone", "--kill-child", "--",
+                                 "sleep", "1000"], env=python_env(), cwd="/")
+        children: List[str] = []
+        while not children and proc.poll() is None:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        proc.kill()
+        proc.wait()
+        if not children:
+            continue
+        child = int(children[0])
+        deadline = time.monotonic() + 10
+        while os.waitpid(child, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                survivors += 1
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                break
+            time.sleep(0.005)
+    return survivors
+
+
+@pytest.mark.timeout(600)
+def test_kill_child_when_the_cli_dies_right_after_its_fork() -> None:
+    """The forked child asks for its death signal first thing, and kills itself if the CLI
+    is gone already (unshare(1) leaves a few of them running)."""
+    assert in_child(kill_cli_as_its_child_appears, 30) == 0
