@@ -167,7 +167,7 @@ class Popen:
                  start_new_session: bool = False, umask: int = -1, text: Optional[bool] = None,
                  encoding: Optional[str] = None, errors: Optional[str] = None,
                  bufsize: Optional[int] = -1, **spawn_options: Unpack[_SpawnOptions]) -> None:
-        from . import spawn  # the package imports this module before it defines spawn
+        from . import _core, _spawn  # the package imports this module before it defines _spawn
 
         # subprocess is imported before the child exists (every Popen passes here), so that a
         # wait with a timeout after a chroot or pivot_root into a root without Python's
@@ -199,6 +199,7 @@ class Popen:
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
             close_fds = True
         handles = None
+        child: List[int] = []  # the child's pid and pidfd, once it exists
         try:
             handles = _Handles(stdin, stdout, stderr, pipes=True)
             # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
@@ -209,21 +210,21 @@ class Popen:
             # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
             stdio = handles.child_stdio()
-            # One statement from spawn's return to the fields __del__ reads: the interpreter
-            # runs a signal handler (a KeyboardInterrupt) only once it is stored.
-            self.pid, self.pidfd = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1],
-                                         stderr=stdio[2], pass_fds=pass_fds,
-                                         close_fds=close_fds,
-                                         start_new_session=start_new_session, umask=umask,
-                                         pidfd=True, **spawn_options)
-            self._child_created = True
-            if self.pidfd == -1:  # Linux < 5.3
-                self.pidfd = None
+            _spawn(child, argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                   pass_fds=pass_fds, close_fds=close_fds, start_new_session=start_new_session,
+                   umask=umask, pidfd=True, **spawn_options)
             handles.close_child()
+            # Last: from here the child is the Popen's (__del__, wait, kill).
+            self.pid, pidfd = child
+            self.pidfd = None if pidfd == -1 else pidfd  # None: Linux < 5.3
+            self._child_created = True
         except BaseException:
-            # As subprocess: a child started already is kept by __del__ in _active (reaped
-            # by the next Popen); the pipes close through their file objects, the rest here.
-            self._child_created = self.pid != -1
+            # A signal handler's exception (KeyboardInterrupt) once the child exists: the
+            # caller never gets this Popen, so the child is killed and reaped here (subprocess
+            # would leave it running, unwaited).  The pipes close through their file objects,
+            # the rest here.
+            _core._discard(child)
+            self.pid, self.pidfd, self._child_created = -1, None, False
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
                     try:
