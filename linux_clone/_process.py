@@ -484,7 +484,7 @@ class Popen:
             remaining = _remaining(endtime)
             if remaining is not None and remaining <= 0:
                 raise self._timeout(orig_timeout)
-            for fd, _ in poller.poll(None if remaining is None else remaining * 1000):
+            for fd, _ in poller.poll(_poll_ms(remaining)):
                 stream = streams[fd]
                 if stream is self.stdin:
                     assert self._input is not None
@@ -533,7 +533,13 @@ def _remaining(endtime: Optional[float]) -> Optional[float]:
 def _readable(fd: int, timeout: Optional[float]) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+    return bool(poller.poll(_poll_ms(timeout)))
+
+
+def _poll_ms(timeout: Optional[float]) -> Optional[float]:
+    """poll()'s timeout for `timeout` seconds: at most INT_MAX ms (24.8 days; more is an
+    OverflowError, where subprocess takes any timeout and inf), the caller's loop waits on."""
+    return None if timeout is None else min(max(0.0, timeout) * 1000, 0x7FFFFFFF)
 
 
 def _set_done(future: Any) -> None:

@@ -968,3 +968,22 @@ def test_keyboard_interrupt_while_starting_leaves_no_child_or_pidfd(privileged: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [
         "spawn ok True", "spawn stdout ok True", "spawn maps ok True", "run ok True"]
+
+
+def test_timeouts_beyond_poll_range_as_subprocess() -> None:
+    """Beyond poll()'s INT_MAX ms (24.8 days) and inf: subprocess waits, so do we (and
+    communicate() with pipes, an OverflowError in subprocess, waits too)."""
+    def case(module: Any) -> List[Any]:
+        month = 30 * 86400
+        proc = module.Popen(["true"])
+        out = [proc.communicate(timeout=month), proc.wait(timeout=month)]
+        proc = module.Popen(["true"])
+        out.append(proc.wait(timeout=float("inf")))
+        out.append(module.run(["true"], timeout=float("inf")).returncode)
+        if module is linux_clone:
+            out.append(module.run(["echo", "x"], capture_output=True, timeout=month).stdout)
+        return out
+
+    theirs, ours = both(case)
+    assert theirs == [(None, None), 0, 0, 0]
+    assert ours == [*theirs, b"x\n"]
