@@ -192,6 +192,7 @@ class Popen:
         self._input: Optional[bytes] = None
         self._input_offset = 0
         self._output: Dict[Any, List[bytes]] = {}  # communicate()'s, by stream
+        self._exited: Dict[Any, List[Any]] = {}  # wait_async's, by event loop
         self._sigint_wait_secs = 0.25
         self._child_created = False
         if pass_fds and not close_fds:
@@ -391,24 +392,29 @@ class Popen:
         loop = asyncio.get_running_loop()
         if self.pidfd is None:
             return await loop.run_in_executor(None, self.wait)
-        if self.poll() is not None:
-            return self.returncode  # type: ignore[return-value]
-        # Each waiter watches its own copy of the pidfd: a loop has one reader per fd, so a
-        # second waiter (or a waiter on another loop's thread) would replace the first's.
-        pidfd = -1
-        try:
-            pidfd = os.dup(self.pidfd)
-            while self.poll() is None:
-                ready = loop.create_future()
-                loop.add_reader(pidfd, _set_done, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(pidfd)
-        finally:
-            if pidfd != -1:
-                os.close(pidfd)
+        while self.poll() is None:
+            # A reader on the pidfd itself (a copy would make each waiting child cost two
+            # fds): a loop has one reader per fd, so the waiters on a loop share its future
+            # ([future, waiters, pidfd]).
+            entry = self._exited.get(loop)
+            if entry is None:
+                entry = self._exited[loop] = [loop.create_future(), 0, self.pidfd]
+                loop.add_reader(self.pidfd, self._stop_watching, loop, entry)
+            entry[1] += 1
+            try:
+                await asyncio.shield(entry[0])  # a cancelled waiter leaves the others waiting
+            finally:
+                entry[1] -= 1
+                if not entry[1]:  # the last waiter gone, or the child exited
+                    self._stop_watching(loop, entry)
         return self.returncode  # type: ignore[return-value]
+
+    def _stop_watching(self, loop: Any, entry: List[Any]) -> None:
+        if self._exited.get(loop) is entry:
+            del self._exited[loop]
+            loop.remove_reader(entry[2])
+            if not entry[0].done():
+                entry[0].set_result(None)
 
     # ---- signals ----
 
@@ -540,11 +546,6 @@ def _poll_ms(timeout: Optional[float]) -> Optional[float]:
     """poll()'s timeout for `timeout` seconds: at most INT_MAX ms (24.8 days; more is an
     OverflowError, where subprocess takes any timeout and inf), the caller's loop waits on."""
     return None if timeout is None else min(max(0.0, timeout) * 1000, 0x7FFFFFFF)
-
-
-def _set_done(future: Any) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _timeout_expired() -> Type[subprocess.TimeoutExpired]:

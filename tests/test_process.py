@@ -987,3 +987,24 @@ def test_timeouts_beyond_poll_range_as_subprocess() -> None:
     theirs, ours = both(case)
     assert theirs == [(None, None), 0, 0, 0]
     assert ours == [*theirs, b"x\n"]
+
+
+def test_wait_async_costs_no_fd_beyond_the_pidfd() -> None:
+    """150 children awaited at once under an fd limit of 200: one fd (the pidfd) each."""
+    def case() -> List[int]:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+        rfd, wfd = os.pipe()
+
+        async def main() -> List[int]:
+            # Each blocks reading the pipe until its write end closes: all wait at once.
+            procs = [linux_clone.Popen(["cat"], stdin=rfd, stdout=linux_clone.DEVNULL)
+                     for _ in range(150)]
+            asyncio.get_running_loop().call_later(0.5, os.close, wfd)
+            return await asyncio.wait_for(
+                asyncio.gather(*(proc.wait_async() for proc in procs)), 60)
+
+        return asyncio.run(main())
+
+    assert in_child(case) == [0] * 150
