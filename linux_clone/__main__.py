@@ -573,6 +573,23 @@ def keep_caps() -> None:
             raise Failure("prctl(PR_CAP_AMBIENT) failed", ctypes.get_errno())
 
 
+def execvp(argv: List[str]) -> None:
+    """os.execvp, with glibc execvp's fallback that unshare(1) has: a file the kernel cannot
+    run (ENOEXEC: a script without #!) runs under /bin/sh."""
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        if exc.errno != 8:  # ENOEXEC
+            raise
+        failure = exc
+    candidates = ([argv[0]] if "/" in argv[0]
+                  else [os.path.join(d, argv[0]) for d in os.get_exec_path()])
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            os.execv("/bin/sh", ["/bin/sh", path, *argv[1:]])
+    raise failure
+
+
 def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
     """Set up the namespaces from inside, as unshare(1) does after its fork (or without one),
     then exec the command; raise Failure if a step fails."""
@@ -654,7 +671,7 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
     argv = opts.command or [os.environ.get("SHELL", "/bin/sh")]
     try:
         if opts.command:
-            os.execvp(argv[0], argv)
+            execvp(argv)
         # As unshare(1): a login shell, by its path (no PATH search).
         os.execv(argv[0], ["-" + os.path.basename(argv[0])])
     except OSError as exc:

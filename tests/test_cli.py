@@ -748,3 +748,16 @@ def test_kill_child_when_the_cli_dies_right_after_its_fork() -> None:
     """The forked child asks for its death signal first thing, and kills itself if the CLI
     is gone already (unshare(1) leaves a few of them running)."""
     assert in_child(kill_cli_as_its_child_appears, 30) == 0
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_script_without_shebang_runs_under_sh_as_unshare(util_linux_unshare: None,
+                                                          tmp_path: Any, by_path: bool) -> None:
+    """execvp(3)'s ENOEXEC fallback, which unshare(1) has: /bin/sh runs the file."""
+    script = tmp_path / "noshebang"
+    script.write_text('echo "ran $0 $*"\n')
+    script.chmod(0o755)
+    env = python_env(PATH=f"{tmp_path}:{os.environ['PATH']}")
+    theirs, ours = both("-f", "noshebang" if by_path else str(script), "a", "b", env=env)
+    assert theirs == (0, f"ran {script} a b\n", "")
+    assert ours == theirs
