@@ -42,6 +42,9 @@ LONG = {"help": 0, "version": 0, **{name: 2 for name in NAMESPACES}, "fork": 0,
         "map-groups": 1, "map-root-user": 0, "map-current-user": 0, "map-auto": 0,
         "propagation": 1, "setgroups": 1, "keep-caps": 0, "setuid": 1, "setgid": 1, "root": 1,
         "wd": 1, "monotonic": 1, "boottime": 1, "loopback": 0, "hostname": 1}
+# Ours, matched in full only: an abbreviation means what it means to unshare(1) (--h is
+# --help, --lo unrecognized).
+EXTENSIONS = {"loopback", "hostname"}
 SHORT = {"f": "fork", "h": "help", "V": "version", "r": "map-root-user", "R": "root",
          "w": "wd", "S": "setuid", "G": "setgid", "c": "map-current-user",
          **{short: name for name, (short, _, _) in NAMESPACES.items()}}
@@ -149,7 +152,8 @@ def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str
             break
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
-            matches = [name] if name in LONG else [n for n in LONG if n.startswith(name)]
+            matches = [name] if name in LONG else [n for n in LONG if n.startswith(name)
+                                                   and n not in EXTENSIONS]
             if not matches:
                 raise Usage(f"unrecognized option '{arg}'")
             if len(matches) > 1:

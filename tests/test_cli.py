@@ -761,3 +761,18 @@ def test_script_without_shebang_runs_under_sh_as_unshare(util_linux_unshare: Non
     theirs, ours = both("-f", "noshebang" if by_path else str(script), "a", "b", env=env)
     assert theirs == (0, f"ran {script} a b\n", "")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("option", ["--h", "--ho", "--hos", "--l", "--lo", "--m", "--map",
+                                    "--k", "--he", "--loopback", "--hostname=x"])
+def test_abbreviations_as_unshare(util_linux_unshare: None, option: str) -> None:
+    """Our --loopback and --hostname are matched in full only: every abbreviation means
+    what it means to unshare(1)."""
+    theirs, ours = both(option, "true")
+    if option.startswith(("--loopback", "--hostname")):
+        assert theirs[0] == 1 and ours[0] == 0
+    elif option in ("--h", "--he"):  # --help: the texts differ
+        assert (ours[0], ours[2]) == (theirs[0], theirs[2]) == (0, "")
+        assert ours[1].split()[0] == "Usage:"
+    else:
+        assert ours == theirs
