@@ -463,8 +463,14 @@ def write_file(path: str, text: str, message: str, missing_ok: bool = False) -> 
         os.close(fd)
 
 
+# The order of unshare(1)'s namespace_files[], which a failed bind mount shows: the ones
+# before it are mounted.
+BIND_ORDER = ["user", "cgroup", "ipc", "uts", "net", "pid", "mount", "time"]
+
+
 def bind_ns_files(opts: Options, pid: int) -> None:
-    for name, target in opts.persist.items():
+    for name in sorted(opts.persist, key=BIND_ORDER.index):
+        target = opts.persist[name]
         source = f"/proc/{pid}/{NAMESPACES[name][2]}"
         mount(source, target, None, MS_BIND, f"mount {source} on {target} failed")
 

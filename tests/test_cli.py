@@ -776,3 +776,30 @@ def test_abbreviations_as_unshare(util_linux_unshare: None, option: str) -> None
         assert ours[1].split()[0] == "Usage:"
     else:
         assert ours == theirs
+
+
+def test_namespace_files_bound_in_unshares_order(util_linux_unshare: None, privileged: None,
+                                                 tmp_path: Any) -> None:
+    """Every namespace to a file, no --fork: the pid one (for children, none yet) cannot be
+    bound, and what was bound before it is what unshare(1) binds first."""
+    def run(program: List[str], where: Any) -> tuple:
+        import linux_clone
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # see above
+        linux_clone.unshare(linux_clone.NEWNS)
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+        where.mkdir()
+        args = []
+        for option in ("mount", "uts", "ipc", "net", "pid", "user", "cgroup", "time"):
+            (where / option).touch()
+            args.append(f"--{option}={where / option}")
+        result = subprocess.run([*program, *args, "true"], capture_output=True, text=True,
+                                env=python_env(), cwd="/", timeout=60)
+        with open("/proc/self/mountinfo") as f:
+            mounted = [line.split()[4] for line in f]
+        return (result.returncode, re.sub(r"^\w+: |/proc/\d+/", "", result.stderr),
+                [os.path.basename(path) for path in mounted if path.startswith(str(where))])
+
+    theirs = in_child(run, ["unshare"], tmp_path / "theirs")
+    ours = in_child(run, [sys.executable, "-m", "linux_clone"], tmp_path / "ours")
+    assert theirs[0] == 1 and "pid" not in theirs[2], theirs
+    assert ours == (theirs[0], theirs[1].replace("theirs", "ours"), theirs[2])
