@@ -245,6 +245,8 @@ def id_range(text: str) -> Tuple[int, int, int]:
         if end <= begin:
             break
         ids.append(strtoul(text[begin:end], "could not parse ID") & 0xFFFFFFFF)
+        if ids[-1] == 0xFFFFFFFF:  # util-linux's string_to_idarray takes it for an error
+            break
         begin = None
     else:
         if len(ids) < 3 and text:
@@ -343,10 +345,13 @@ def parse_args(argv: List[str]) -> Options:
             opts.proc = "/proc" if arg is None else value
         elif name.startswith("map-"):
             opts.flags |= NEWUSER
+            # (uid_t)-1 is unshare(1)'s "no map": the command runs unmapped, as nobody.
             if name == "map-user":
                 opts.map_user = user_id(value, "uid")
+                opts.map_user = None if opts.map_user == 0xFFFFFFFF else opts.map_user
             elif name == "map-group":
                 opts.map_group = user_id(value, "gid")
+                opts.map_group = None if opts.map_group == 0xFFFFFFFF else opts.map_group
             elif name == "map-root-user":
                 opts.map_user, opts.map_group = 0, 0
             elif name == "map-current-user":

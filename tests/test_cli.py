@@ -803,3 +803,15 @@ def test_namespace_files_bound_in_unshares_order(util_linux_unshare: None, privi
     ours = in_child(run, [sys.executable, "-m", "linux_clone"], tmp_path / "ours")
     assert theirs[0] == 1 and "pid" not in theirs[2], theirs
     assert ours == (theirs[0], theirs[1].replace("theirs", "ours"), theirs[2])
+
+
+@pytest.mark.parametrize("args", [
+    ["--map-user=-1"], ["--map-user=4294967295"], ["--map-group=-1"], ["-r", "--map-user=-1"],
+    ["--map-users=0,0,-1"], ["--map-groups=0,0,4294967295"], ["--map-users=-1,0,1"],
+    ["--map-users=0,0,18446744073709551615"],
+])
+def test_id_minus_one_as_unshare(util_linux_unshare: None, privileged: None,
+                                 args: List[str]) -> None:
+    """(uid_t)-1: no map for --map-user (the command runs as nobody); an error in a range."""
+    theirs, ours = both(*args, "id")
+    assert ours == theirs
