@@ -127,7 +127,7 @@ class Failure(Exception):
         if self.error is not None:
             text += f": {os.strerror(self.error)}"
         if self.message:  # else a helper has said it
-            print(text, file=sys.stderr)
+            say(text)
         return self.status
 
 
@@ -135,9 +135,21 @@ class Usage(Failure):
     """A bad command line, in glibc getopt's words."""
 
     def report(self) -> int:
-        print(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.",
-              file=sys.stderr)
+        say(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.")
         return 1
+
+
+def say(text: str) -> None:
+    """Write a line to stderr, a byte of the command line that is not UTF-8 as that byte
+    (as unshare(1) writes it), not as the escape of its surrogate."""
+    stream = sys.stderr
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # None, or a stream without bytes under it
+        print(text, file=stream)
+        return
+    stream.flush()
+    buffer.write(os.fsencode(text + "\n"))
+    buffer.flush()
 
 
 def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str]]]:

@@ -815,3 +815,19 @@ def test_id_minus_one_as_unshare(util_linux_unshare: None, privileged: None,
     """(uid_t)-1: no map for --map-user (the command runs as nobody); an error in a range."""
     theirs, ours = both(*args, "id")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("args", [[b"-w", b"/no/such/\xff"], [b"--map-user=\xff"],
+                                  [b"--bogus\xff"], [b"-f", b"/no/such/\xff"]])
+def test_non_utf8_bytes_in_messages_as_unshare(util_linux_unshare: None,
+                                               args: List[bytes]) -> None:
+    """A byte of the command line that is not UTF-8 comes out as that byte."""
+    results = []
+    for program in ([b"unshare"], [os.fsencode(sys.executable), b"-m", b"linux_clone"]):
+        result = subprocess.run([*program, *args, b"true"], capture_output=True,
+                                env=python_env(), cwd="/", timeout=60)
+        results.append((result.returncode, result.stderr.replace(b"unshare", b"linux_clone")
+                        .replace(b"'linux_clone --help'", b"'python -m linux_clone --help'")))
+    theirs, ours = results
+    assert b"\xff" in theirs[1]
+    assert ours == theirs
