@@ -811,6 +811,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     directory as they were, and no child or fd of its own, on every return path; what only
     a run without --fork changes for good before a failure (the namespaces, --root, the
     ids) stays changed, as it would in unshare(1)."""
+    if isinstance(argv, (str, bytes)):  # would be taken a character at a time
+        raise TypeError(f"argv must be a list of str, not {type(argv).__name__}")
     handlers = [(signum, signal.getsignal(signum))
                 for signum in (signal.SIGCHLD, *PYTHON_IGNORED)]
     try:

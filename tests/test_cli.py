@@ -831,3 +831,16 @@ def test_non_utf8_bytes_in_messages_as_unshare(util_linux_unshare: None,
     theirs, ours = results
     assert b"\xff" in theirs[1]
     assert ours == theirs
+
+
+@pytest.mark.parametrize("argv", ["-f true", b"-f true"])
+def test_main_takes_a_list_not_a_string(argv: Any) -> None:
+    def call() -> str:
+        from linux_clone.__main__ import main
+        try:
+            main(argv)
+        except BaseException as exc:
+            return type(exc).__name__
+        return "returned"
+
+    assert in_child(call) == "TypeError"
