@@ -236,6 +236,20 @@ class Popen:
                 handles.close_all()
             raise
 
+    # subprocess.Popen[bytes] works at run time (3.9+), so does ours (to type checkers
+    # Popen takes no parameter).  type(list[int]) is types.GenericAlias, without importing
+    # types.
+    __class_getitem__ = classmethod(type(list[int]))  # type: ignore[misc]
+
+    @property
+    def universal_newlines(self) -> bool:
+        """subprocess's alias of text_mode (bpo-31756)."""
+        return self.text_mode
+
+    @universal_newlines.setter
+    def universal_newlines(self, value: bool) -> None:
+        self.text_mode = bool(value)
+
     def _open_pipes(self, parent: List[int], bufsize: int) -> None:
         """Wrap the parent's pipe ends in file objects.  An fd leaves `parent` as io.open
         takes it, so that only its file object closes it (io.open closes it when it fails)."""

@@ -1008,3 +1008,15 @@ def test_wait_async_costs_no_fd_beyond_the_pidfd() -> None:
         return asyncio.run(main())
 
     assert in_child(case) == [0] * 150
+
+
+def test_popen_subscript_and_universal_newlines_as_subprocess() -> None:
+    def case(module: Any) -> List[Any]:
+        alias = module.Popen[bytes]
+        with module.Popen(["true"], text=True) as proc:
+            first = proc.universal_newlines
+            proc.universal_newlines = False
+            return [alias.__origin__ is module.Popen, alias.__args__, first, proc.text_mode]
+
+    theirs, ours = both(case)
+    assert ours == theirs == [True, (bytes,), True, False]
