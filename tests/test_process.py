@@ -1020,3 +1020,19 @@ def test_popen_subscript_and_universal_newlines_as_subprocess() -> None:
 
     theirs, ours = both(case)
     assert ours == theirs == [True, (bytes,), True, False]
+
+
+def test_env_needs_items_only() -> None:
+    """As the README says: an env with items() but no get() runs (subprocess refuses it)."""
+    class Items:
+        def __init__(self, **values: str) -> None:
+            self.values = values
+
+        def items(self) -> Any:
+            return self.values.items()
+
+    result = linux_clone.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath),
+                             capture_output=True)
+    assert result.stdout == b"1\n"
+    with pytest.raises(AttributeError):
+        subprocess.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath))
