@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Iterator
-    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
     from . import NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS
 else:
@@ -54,7 +54,8 @@ MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x40000, 0x80000, 0x100000
 PROPAGATION = {"slave": MS_REC | MS_SLAVE, "private": MS_REC | MS_PRIVATE,
                "shared": MS_REC | MS_SHARED, "unchanged": 0}
 CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 7  # <time.h>
-PR_SET_PDEATHSIG, PR_CAPBSET_READ, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 23, 47, 2  # <linux/prctl.h>
+# <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_CAPBSET_READ, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 23, 47, 2
 # Python ignores these at start-up; a command expects the default, as subprocess's
 # restore_signals gives it (SIGXFZ exists on some systems only).
 PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
@@ -443,7 +444,7 @@ def flush_std() -> None:
             stream.flush()
 
 
-def child_exit(status: int) -> None:
+def child_exit(status: int) -> NoReturn:
     """End a forked child (never returning into the parent's code): what it said is
     written first."""
     try:

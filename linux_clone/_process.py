@@ -167,7 +167,8 @@ class Popen:
                  start_new_session: bool = False, umask: int = -1, text: Optional[bool] = None,
                  encoding: Optional[str] = None, errors: Optional[str] = None,
                  bufsize: Optional[int] = -1, **spawn_options: Unpack[_SpawnOptions]) -> None:
-        from . import _core, _spawn  # the package imports this module before it defines _spawn
+        # The package imports this module before it defines _spawn.  (Its stub has neither.)
+        from . import _core, _spawn  # type: ignore[attr-defined]
 
         # subprocess is imported before the child exists (every Popen passes here), so that a
         # wait with a timeout after a chroot or pivot_root into a root without Python's
@@ -239,7 +240,8 @@ class Popen:
     # subprocess.Popen[bytes] works at run time (3.9+), so does ours (to type checkers
     # Popen takes no parameter).  type(list[int]) is types.GenericAlias, without importing
     # types.
-    __class_getitem__ = classmethod(type(list[int]))  # type: ignore[misc]
+    if not TYPE_CHECKING:
+        __class_getitem__ = classmethod(type(list[int]))
 
     @property
     def universal_newlines(self) -> bool:
