@@ -33,7 +33,7 @@ _VFORK, _FILES, _PIDFD = (_core.CLONE_FLAGS[name] for name in ("VFORK", "FILES",
 
 TYPE_CHECKING = False  # typing costs milliseconds at import; the annotations are strings
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
     from ._core import _Ns
 
@@ -335,6 +335,26 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     raises the OSError it was (errno kept) in the parent: filename is argv[0] for exec, cwd
     for chdir, and the message names any other step.
     """
+    child: list[int] = []  # the child's pid and pidfd, once it exists
+    try:
+        return _spawn(child, argv, flags, env=env, cwd=cwd, uid_map=uid_map, gid_map=gid_map,
+                      hostname=hostname, loopback=loopback, pidfd=pidfd, stdin=stdin,
+                      stdout=stdout, stderr=stderr, pass_fds=pass_fds, close_fds=close_fds,
+                      start_new_session=start_new_session, umask=umask)
+    except BaseException:
+        # A signal handler's exception (KeyboardInterrupt) between the clone and our return
+        # would otherwise leave the child running, its pid and pidfd lost.
+        _core._discard(child)
+        raise
+
+
+def _spawn(child: list[int], argv: Sequence[Union[str, bytes, "os.PathLike[str]",
+                                                   "os.PathLike[bytes]"]],
+           flags: int, *, uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
+           stdin: object = None, stdout: object = None, stderr: object = None,
+           **options: Any) -> Union[int, Tuple[int, int]]:
+    """spawn(), putting the child's pid and pidfd in `child` as soon as it exists, for the
+    caller to _core._discard if it cannot hand them on (Popen uses it too)."""
     before_start = None
     if uid_map is not None or gid_map is not None:
         uid_text = None if uid_map is None else _map_text(uid_map, "uid_map")
@@ -350,11 +370,9 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
 
         handles = _Handles(stdin, stdout, stderr, pipes=False)
     try:
-        return _core.spawn(argv, flags, env=env, cwd=cwd, hostname=hostname,
-                           loopback=loopback, pidfd=pidfd, before_start=before_start,
-                           stdio=None if handles is None else handles.child,
-                           pass_fds=pass_fds, close_fds=close_fds,
-                           start_new_session=start_new_session, umask=umask)
+        return _core.spawn(argv, flags, before_start=before_start,
+                           stdio=None if handles is None else handles.child, into=child,
+                           **options)
     finally:
         if handles is not None:
             handles.close_child()

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Iterator
-    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
     from . import NEWCGROUP, NEWIPC, NEWNET, NEWNS, NEWPID, NEWTIME, NEWUSER, NEWUTS
 else:
@@ -42,6 +42,9 @@ LONG = {"help": 0, "version": 0, **{name: 2 for name in NAMESPACES}, "fork": 0,
         "map-groups": 1, "map-root-user": 0, "map-current-user": 0, "map-auto": 0,
         "propagation": 1, "setgroups": 1, "keep-caps": 0, "setuid": 1, "setgid": 1, "root": 1,
         "wd": 1, "monotonic": 1, "boottime": 1, "loopback": 0, "hostname": 1}
+# Ours, matched in full only: an abbreviation means what it means to unshare(1) (--h is
+# --help, --lo unrecognized).
+EXTENSIONS = {"loopback", "hostname"}
 SHORT = {"f": "fork", "h": "help", "V": "version", "r": "map-root-user", "R": "root",
          "w": "wd", "S": "setuid", "G": "setgid", "c": "map-current-user",
          **{short: name for name, (short, _, _) in NAMESPACES.items()}}
@@ -51,7 +54,8 @@ MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x40000, 0x80000, 0x100000
 PROPAGATION = {"slave": MS_REC | MS_SLAVE, "private": MS_REC | MS_PRIVATE,
                "shared": MS_REC | MS_SHARED, "unchanged": 0}
 CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 7  # <time.h>
-PR_SET_PDEATHSIG, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 47, 2  # <linux/prctl.h>
+# <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_CAPBSET_READ, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 23, 47, 2
 # Python ignores these at start-up; a command expects the default, as subprocess's
 # restore_signals gives it (SIGXFZ exists on some systems only).
 PYTHON_IGNORED = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
@@ -124,7 +128,7 @@ class Failure(Exception):
         if self.error is not None:
             text += f": {os.strerror(self.error)}"
         if self.message:  # else a helper has said it
-            print(text, file=sys.stderr)
+            say(text)
         return self.status
 
 
@@ -132,9 +136,21 @@ class Usage(Failure):
     """A bad command line, in glibc getopt's words."""
 
     def report(self) -> int:
-        print(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.",
-              file=sys.stderr)
+        say(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.")
         return 1
+
+
+def say(text: str) -> None:
+    """Write a line to stderr, a byte of the command line that is not UTF-8 as that byte
+    (as unshare(1) writes it), not as the escape of its surrogate."""
+    stream = sys.stderr
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # None, or a stream without bytes under it
+        print(text, file=stream)
+        return
+    stream.flush()
+    buffer.write(os.fsencode(text + "\n"))
+    buffer.flush()
 
 
 def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
@@ -149,7 +165,8 @@ def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str
             break
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
-            matches = [name] if name in LONG else [n for n in LONG if n.startswith(name)]
+            matches = [name] if name in LONG else [n for n in LONG if n.startswith(name)
+                                                   and n not in EXTENSIONS]
             if not matches:
                 raise Usage(f"unrecognized option '{arg}'")
             if len(matches) > 1:
@@ -241,6 +258,8 @@ def id_range(text: str) -> Tuple[int, int, int]:
         if end <= begin:
             break
         ids.append(strtoul(text[begin:end], "could not parse ID") & 0xFFFFFFFF)
+        if ids[-1] == 0xFFFFFFFF:  # util-linux's string_to_idarray takes it for an error
+            break
         begin = None
     else:
         if len(ids) < 3 and text:
@@ -339,10 +358,13 @@ def parse_args(argv: List[str]) -> Options:
             opts.proc = "/proc" if arg is None else value
         elif name.startswith("map-"):
             opts.flags |= NEWUSER
+            # (uid_t)-1 is unshare(1)'s "no map": the command runs unmapped, as nobody.
             if name == "map-user":
                 opts.map_user = user_id(value, "uid")
+                opts.map_user = None if opts.map_user == 0xFFFFFFFF else opts.map_user
             elif name == "map-group":
                 opts.map_group = user_id(value, "gid")
+                opts.map_group = None if opts.map_group == 0xFFFFFFFF else opts.map_group
             elif name == "map-root-user":
                 opts.map_user, opts.map_group = 0, 0
             elif name == "map-current-user":
@@ -390,16 +412,46 @@ def parse_args(argv: List[str]) -> Options:
             opts.flags |= NEWUTS
             opts.hostname = value
         elif name == "help":
-            print(USAGE)
+            print_out(USAGE)
             raise SystemExit(0)
         elif name == "version":
             from . import __version__  # what pyproject.toml reads; importlib.metadata is slow
-            print(f"{PROG} from linux_clone {__version__}")
+            print_out(f"{PROG} from linux_clone {__version__}")
             raise SystemExit(0)
     if opts.offsets and not opts.flags & NEWTIME:
         raise Failure("options --monotonic and --boottime require unsharing of a time "
                       "namespace (-t)")
     return opts
+
+
+def print_out(text: str) -> None:
+    """print to stdout and flush: as util-linux's close_stdout(), output that cannot be
+    written (a full disk) is an error; with fd 1 closed at start-up (sys.stdout None), as
+    for unshare(1), it is not."""
+    try:
+        print(text)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        raise Failure("write error", exc.errno) from None
+
+
+def flush_std() -> None:
+    """Flush sys.stdout and sys.stderr before a fork: None when fd 1 (2) was closed when
+    Python started, as a command run with 1>&- finds it."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
+def child_exit(status: int) -> NoReturn:
+    """End a forked child (never returning into the parent's code): what it said is
+    written first."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def libc() -> Any:
@@ -429,8 +481,14 @@ def write_file(path: str, text: str, message: str, missing_ok: bool = False) -> 
         os.close(fd)
 
 
+# The order of unshare(1)'s namespace_files[], which a failed bind mount shows: the ones
+# before it are mounted.
+BIND_ORDER = ["user", "cgroup", "ipc", "uts", "net", "pid", "mount", "time"]
+
+
 def bind_ns_files(opts: Options, pid: int) -> None:
-    for name, target in opts.persist.items():
+    for name in sorted(opts.persist, key=BIND_ORDER.index):
+        target = opts.persist[name]
         source = f"/proc/{pid}/{NAMESPACES[name][2]}"
         mount(source, target, None, MS_BIND, f"mount {source} on {target} failed")
 
@@ -439,8 +497,7 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
     """A child that calls work() once told to by sync_with_helper (after our unshare), then
     exits, 1 with a message if it raised Failure: (its pid, the fd to tell it by)."""
     rfd, wfd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_std()
     pid = os.fork()
     if pid:
         os.close(rfd)
@@ -456,8 +513,7 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
     except BaseException:
         sys.excepthook(*sys.exc_info())
     finally:
-        sys.stderr.flush()
-        os._exit(status)
+        child_exit(status)
 
 
 def sync_with_helper(helper: Tuple[int, int], go: bool = True) -> None:
@@ -532,12 +588,34 @@ def keep_caps() -> None:
     if c.capset(header, data) < 0:
         raise Failure("capset failed", ctypes.get_errno())
     effective = data[3] << 32 | data[0]
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except OSError:  # no /proc (after --root): as util-linux, ask the bounding set
+        last = 0
+        while c.prctl(PR_CAPBSET_READ, ctypes.c_ulong(last + 1), 0, 0, 0) >= 0:
+            last += 1
     for cap in range(last + 1):
         if effective >> cap & 1 and c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE,
                                             ctypes.c_ulong(cap), 0, 0) < 0:
             raise Failure("prctl(PR_CAP_AMBIENT) failed", ctypes.get_errno())
+
+
+def execvp(argv: List[str]) -> None:
+    """os.execvp, with glibc execvp's fallback that unshare(1) has: a file the kernel cannot
+    run (ENOEXEC: a script without #!) runs under /bin/sh."""
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        if exc.errno != 8:  # ENOEXEC
+            raise
+        failure = exc
+    candidates = ([argv[0]] if "/" in argv[0]
+                  else [os.path.join(d, argv[0]) for d in os.get_exec_path()])
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            os.execv("/bin/sh", ["/bin/sh", path, *argv[1:]])
+    raise failure
 
 
 def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
@@ -545,10 +623,6 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
     then exec the command; raise Failure if a step fails."""
     for signum in PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
-    if opts.kill_child:
-        import ctypes
-        if libc().prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(opts.kill_child), 0, 0, 0) < 0:
-            raise Failure("prctl failed", ctypes.get_errno())
     if opts.map_user is not None and not opts.usermap:
         write_file("/proc/self/uid_map", f"{opts.map_user} {real_uid} 1",
                    "write failed /proc/self/uid_map")
@@ -567,9 +641,13 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
         # otherwise propagate back to the one we came from.
         mount("none", "/", None, opts.propagation, "cannot change root filesystem propagation")
     if opts.root is not None or opts.uid is not None or opts.gid is not None:
-        # os.execvp imports warnings on first use (3.12+): after a chroot or a change of uid
-        # the standard library may be out of reach.
+        # os.execvp imports warnings on first use (3.12+), --keep-caps ctypes, --hostname
+        # socket: after a chroot or a change of uid the standard library may be out of reach.
         import warnings  # noqa: F401
+        if opts.keep_caps:
+            import ctypes  # noqa: F401
+        if opts.hostname is not None:
+            import socket  # noqa: F401
     wd = opts.wd
     if opts.root is not None:
         try:
@@ -621,7 +699,7 @@ def become_command(opts: Options, real_uid: int, real_gid: int) -> None:
     argv = opts.command or [os.environ.get("SHELL", "/bin/sh")]
     try:
         if opts.command:
-            os.execvp(argv[0], argv)
+            execvp(argv)
         # As unshare(1): a login shell, by its path (no PATH search).
         os.execv(argv[0], ["-" + os.path.basename(argv[0])])
     except OSError as exc:
@@ -661,12 +739,22 @@ def run(opts: Options) -> int:
             # Blocked before the fork, so that the child starts with them blocked too and
             # unblocks them once it is ready to become COMMAND.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            flush_std()
+            if opts.kill_child:
+                # Loaded before the fork, so that the child's first act is to ask for its
+                # death signal: a CLI killed in between would leave COMMAND running unseen.
+                import ctypes
+                prctl, parent = libc().prctl, os.getpid()
+                death_signal = ctypes.c_ulong(opts.kill_child)
             pid = os.fork()
             if pid == 0:
                 status = 1
                 try:
+                    if opts.kill_child:
+                        if prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) < 0:
+                            raise Failure("prctl failed", ctypes.get_errno())
+                        if os.getppid() != parent:  # gone before the prctl: as unshare(1)
+                            os.kill(os.getpid(), opts.kill_child)
                     if binder is not None:
                         os.close(binder[1])
                     for signum in WAIT_SIGNALS:
@@ -680,8 +768,7 @@ def run(opts: Options) -> int:
                 except BaseException:
                     sys.excepthook(*sys.exc_info())
                 finally:
-                    sys.stderr.flush()
-                    os._exit(status)
+                    child_exit(status)
         if opts.persist:
             if binder is not None:
                 helpers.remove(binder)
@@ -725,6 +812,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     directory as they were, and no child or fd of its own, on every return path; what only
     a run without --fork changes for good before a failure (the namespaces, --root, the
     ids) stays changed, as it would in unshare(1)."""
+    if isinstance(argv, (str, bytes)):  # would be taken a character at a time
+        raise TypeError(f"argv must be a list of str, not {type(argv).__name__}")
     handlers = [(signum, signal.getsignal(signum))
                 for signum in (signal.SIGCHLD, *PYTHON_IGNORED)]
     try:
@@ -751,4 +840,9 @@ def exit_with(status: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    try:
+        exit_with(main())
+    finally:
+        # Only --help and --version write to stdout, and they flush it, reporting a failure:
+        # what could not be written is not tried again at exit (exit status 120).
+        sys.stdout = None

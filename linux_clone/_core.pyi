@@ -5,7 +5,7 @@ three fds) and the tables the package builds its names from."""
 import enum
 import os
 from types import TracebackType
-from typing import (Callable, Dict, Iterable, Mapping, Optional, Protocol, Sequence, Tuple,
+from typing import (Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple,
                     Type, Union)
 
 # As in __init__.pyi: type checkers read typing_extensions from the typeshed they bundle.
@@ -51,7 +51,8 @@ def spawn(argv: Sequence[_Path], flags: int = 0, *, env: Optional[Mapping[str, s
           pidfd: bool = False, before_start: Optional[Callable[[int], object]] = None,
           stdio: Optional[Sequence[int]] = None, pass_fds: Iterable[int] = (),
           close_fds: bool = True, start_new_session: bool = False,
-          umask: int = -1) -> Union[int, Tuple[int, int]]: ...
+          umask: int = -1, into: Optional[List[int]] = None) -> Union[int, Tuple[int, int]]: ...
+def _discard(child: List[int]) -> None: ...
 
 @disjoint_base
 class entered:

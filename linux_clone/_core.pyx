@@ -1273,11 +1273,12 @@ cdef class _Spawn:
 
 def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
           bint loopback=False, bint pidfd=False, before_start=None, stdio=None, pass_fds=(),
-          bint close_fds=True, bint start_new_session=False, umask=-1):
+          bint close_fds=True, bint start_new_session=False, umask=-1, list into=None):
     """Run a program in new namespaces with CLONE_VM|CLONE_VFORK, as posix_spawn runs one
     without them.  The internal form; linux_clone.spawn adds the id maps (before_start(pid)
     runs in the parent while the child waits) and takes file objects for stdio, which here
-    is None or three fds (stdin, stdout, stderr; -1 for the caller's)."""
+    is None or three fds (stdin, stdout, stderr; -1 for the caller's).  into: a list that
+    gets the child's pid and pidfd (-1 without) before the return, for _discard."""
     cdef unsigned long long ns_flags = _index(flags)
     cdef _Spawn call = _Spawn.__new__(_Spawn)
     cdef int pid_fd = -1
@@ -1306,9 +1307,33 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
         raise failure
     if call.req.err != 0:
         _raise_stage(call.req.err, call.req.stage, argv[0], cwd, hostname)
+    if into is not None:
+        # No signal handler runs from the clone to here; one may run (and raise) in the
+        # caller before it has stored what we return.
+        into.append(pid)
+        into.append(pid_fd)
     if pidfd:
         return (pid, pid_fd)
     return pid
+
+
+from posix.signal cimport kill as c_kill
+
+
+def _discard(list child):
+    """Kill and reap the child spawn() put in `child` (if any) and close its pidfd, with no
+    Python code in between: a caller that raised before handing it on leaves nothing."""
+    cdef pid_t pid
+    cdef int pid_fd
+    if not child:
+        return
+    pid, pid_fd = child[0], child[1]
+    del child[:]
+    c_kill(pid, SIGKILL)
+    with nogil:
+        _reap(pid)
+    if pid_fd >= 0:
+        close(pid_fd)
 
 
 cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, object hostname,

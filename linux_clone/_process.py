@@ -167,7 +167,8 @@ class Popen:
                  start_new_session: bool = False, umask: int = -1, text: Optional[bool] = None,
                  encoding: Optional[str] = None, errors: Optional[str] = None,
                  bufsize: Optional[int] = -1, **spawn_options: Unpack[_SpawnOptions]) -> None:
-        from . import spawn  # the package imports this module before it defines spawn
+        # The package imports this module before it defines _spawn.  (Its stub has neither.)
+        from . import _core, _spawn  # type: ignore[attr-defined]
 
         # subprocess is imported before the child exists (every Popen passes here), so that a
         # wait with a timeout after a chroot or pivot_root into a root without Python's
@@ -192,6 +193,7 @@ class Popen:
         self._input: Optional[bytes] = None
         self._input_offset = 0
         self._output: Dict[Any, List[bytes]] = {}  # communicate()'s, by stream
+        self._exited: Dict[Any, List[Any]] = {}  # wait_async's, by event loop
         self._sigint_wait_secs = 0.25
         self._child_created = False
         if pass_fds and not close_fds:
@@ -199,6 +201,7 @@ class Popen:
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
             close_fds = True
         handles = None
+        child: List[int] = []  # the child's pid and pidfd, once it exists
         try:
             handles = _Handles(stdin, stdout, stderr, pipes=True)
             # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
@@ -209,21 +212,21 @@ class Popen:
             # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
             stdio = handles.child_stdio()
-            # One statement from spawn's return to the fields __del__ reads: the interpreter
-            # runs a signal handler (a KeyboardInterrupt) only once it is stored.
-            self.pid, self.pidfd = spawn(argv, flags, stdin=stdio[0], stdout=stdio[1],
-                                         stderr=stdio[2], pass_fds=pass_fds,
-                                         close_fds=close_fds,
-                                         start_new_session=start_new_session, umask=umask,
-                                         pidfd=True, **spawn_options)
-            self._child_created = True
-            if self.pidfd == -1:  # Linux < 5.3
-                self.pidfd = None
+            _spawn(child, argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                   pass_fds=pass_fds, close_fds=close_fds, start_new_session=start_new_session,
+                   umask=umask, pidfd=True, **spawn_options)
             handles.close_child()
+            # Last: from here the child is the Popen's (__del__, wait, kill).
+            self.pid, pidfd = child
+            self.pidfd = None if pidfd == -1 else pidfd  # None: Linux < 5.3
+            self._child_created = True
         except BaseException:
-            # As subprocess: a child started already is kept by __del__ in _active (reaped
-            # by the next Popen); the pipes close through their file objects, the rest here.
-            self._child_created = self.pid != -1
+            # A signal handler's exception (KeyboardInterrupt) once the child exists: the
+            # caller never gets this Popen, so the child is killed and reaped here (subprocess
+            # would leave it running, unwaited).  The pipes close through their file objects,
+            # the rest here.
+            _core._discard(child)
+            self.pid, self.pidfd, self._child_created = -1, None, False
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
                     try:
@@ -233,6 +236,21 @@ class Popen:
             if handles is not None:
                 handles.close_all()
             raise
+
+    # subprocess.Popen[bytes] works at run time (3.9+), so does ours (to type checkers
+    # Popen takes no parameter).  type(list[int]) is types.GenericAlias, without importing
+    # types.
+    if not TYPE_CHECKING:
+        __class_getitem__ = classmethod(type(list[int]))
+
+    @property
+    def universal_newlines(self) -> bool:
+        """subprocess's alias of text_mode (bpo-31756)."""
+        return self.text_mode
+
+    @universal_newlines.setter
+    def universal_newlines(self, value: bool) -> None:
+        self.text_mode = bool(value)
 
     def _open_pipes(self, parent: List[int], bufsize: int) -> None:
         """Wrap the parent's pipe ends in file objects.  An fd leaves `parent` as io.open
@@ -390,24 +408,29 @@ class Popen:
         loop = asyncio.get_running_loop()
         if self.pidfd is None:
             return await loop.run_in_executor(None, self.wait)
-        if self.poll() is not None:
-            return self.returncode  # type: ignore[return-value]
-        # Each waiter watches its own copy of the pidfd: a loop has one reader per fd, so a
-        # second waiter (or a waiter on another loop's thread) would replace the first's.
-        pidfd = -1
-        try:
-            pidfd = os.dup(self.pidfd)
-            while self.poll() is None:
-                ready = loop.create_future()
-                loop.add_reader(pidfd, _set_done, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(pidfd)
-        finally:
-            if pidfd != -1:
-                os.close(pidfd)
+        while self.poll() is None:
+            # A reader on the pidfd itself (a copy would make each waiting child cost two
+            # fds): a loop has one reader per fd, so the waiters on a loop share its future
+            # ([future, waiters, pidfd]).
+            entry = self._exited.get(loop)
+            if entry is None:
+                entry = self._exited[loop] = [loop.create_future(), 0, self.pidfd]
+                loop.add_reader(self.pidfd, self._stop_watching, loop, entry)
+            entry[1] += 1
+            try:
+                await asyncio.shield(entry[0])  # a cancelled waiter leaves the others waiting
+            finally:
+                entry[1] -= 1
+                if not entry[1]:  # the last waiter gone, or the child exited
+                    self._stop_watching(loop, entry)
         return self.returncode  # type: ignore[return-value]
+
+    def _stop_watching(self, loop: Any, entry: List[Any]) -> None:
+        if self._exited.get(loop) is entry:
+            del self._exited[loop]
+            loop.remove_reader(entry[2])
+            if not entry[0].done():
+                entry[0].set_result(None)
 
     # ---- signals ----
 
@@ -483,7 +506,7 @@ class Popen:
             remaining = _remaining(endtime)
             if remaining is not None and remaining <= 0:
                 raise self._timeout(orig_timeout)
-            for fd, _ in poller.poll(None if remaining is None else remaining * 1000):
+            for fd, _ in poller.poll(_poll_ms(remaining)):
                 stream = streams[fd]
                 if stream is self.stdin:
                     assert self._input is not None
@@ -532,12 +555,13 @@ def _remaining(endtime: Optional[float]) -> Optional[float]:
 def _readable(fd: int, timeout: Optional[float]) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+    return bool(poller.poll(_poll_ms(timeout)))
 
 
-def _set_done(future: Any) -> None:
-    if not future.done():
-        future.set_result(None)
+def _poll_ms(timeout: Optional[float]) -> Optional[float]:
+    """poll()'s timeout for `timeout` seconds: at most INT_MAX ms (24.8 days; more is an
+    OverflowError, where subprocess takes any timeout and inf), the caller's loop waits on."""
+    return None if timeout is None else min(max(0.0, timeout) * 1000, 0x7FFFFFFF)
 
 
 def _timeout_expired() -> Type[subprocess.TimeoutExpired]:

@@ -610,3 +610,194 @@ def test_main_in_process_reaps_its_helpers_after_a_failure(privileged: None) -> 
     # The binder helper is started, then the unshare fails (EPERM).
     assert main_in_process(["--mount", "--net=/tmp/file", "--fork", "--", "true"],
                            nobody=True) == (1, {})
+
+
+# ---- an outside probe's findings ----
+
+def both_with(redirect: str, *args: str) -> List[tuple]:
+    """(exit status, stderr) of `unshare ARGS` and `python -m linux_clone ARGS`, each run by
+    sh with `redirect` (such as 1>&-, fd 1 closed when it starts)."""
+    results = []
+    for argv in (["unshare"], [sys.executable, "-m", "linux_clone"]):
+        result = subprocess.run(["sh", "-c", f'"$@" {redirect}', "sh", *argv, *args],
+                                capture_output=True, text=True, env=python_env(), cwd="/",
+                                timeout=60)
+        results.append((result.returncode, result.stderr.replace("unshare:", "linux_clone:")))
+    return results
+
+
+@pytest.mark.parametrize("redirect, args", [
+    (">&-", ["-f", "sh", "-c", "echo x >&2"]),
+    ("2>&-", ["-f", "sh", "-c", "echo x"]),
+    (">&-", ["-f", "true"]),
+    (">&-", ["-V"]),
+    (">/dev/full", ["-V"]),
+    (">/dev/full", ["-h"]),
+    (">/dev/full", ["--help"]),
+])
+def test_closed_or_full_stdio_as_unshare(util_linux_unshare: None, redirect: str,
+                                         args: List[str]) -> None:
+    theirs, ours = both_with(redirect, *args)
+    assert ours == theirs
+
+
+def busybox_root(path: Any) -> str:
+    """A root directory holding only /bin/busybox (no Python, no /proc mounted)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed")
+    os.makedirs(path / "bin")
+    os.makedirs(path / "proc")
+    shutil.copy(busybox, path / "bin" / "busybox")
+    return str(path)
+
+
+@pytest.mark.parametrize("options, script", [
+    (["--keep-caps"], "busybox mount -t proc proc /proc && busybox grep Cap /proc/self/status"),
+    (["--hostname", "probe-root"], "busybox hostname"),
+])
+def test_root_without_python_as_unshare(util_linux_unshare: None, privileged: None,
+                                        tmp_path: Any, options: List[str],
+                                        script: str) -> None:
+    """What --keep-caps and --hostname import is imported before --root takes the standard
+    library out of reach; --keep-caps finds the last capability without /proc."""
+    root = busybox_root(tmp_path)
+    args = ["-r", "-m", "-p", "-f", *options, "-R", root, "/bin/busybox", "sh", "-c", script]
+    theirs, ours = both(*args)
+    if "--hostname" in options:  # ours only: unshare(1) has no --hostname
+        theirs = both("-u", "-r", "-m", "-p", "-f", "-R", root, "/bin/busybox", "sh", "-c",
+                      "busybox hostname probe-root && busybox hostname")[0]
+    assert theirs[0] == 0, theirs
+    assert ours == theirs
+
+
+def kill_cli_as_its_child_appears(tries: int) -> int:
+    """Start `linux_clone --kill-child sleep 1000` `tries` times, SIGKILL it as soon as it
+    has a child; return how many of those children were still running 10 s later.  Run as a
+    subreaper (in a forked child), so that the orphans come to it to be reaped."""
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    survivors = 0
+    for _ in range(tries):
+        proc = subprocess.Popen([sys.executable, "-m", "linux_clone", "--kill-child", "--",
+                                 "sleep", "1000"], env=python_env(), cwd="/")
+        children: List[str] = []
+        while not children and proc.poll() is None:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        proc.kill()
+        proc.wait()
+        if not children:
+            continue
+        child = int(children[0])
+        deadline = time.monotonic() + 10
+        while os.waitpid(child, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                survivors += 1
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                break
+            time.sleep(0.005)
+    return survivors
+
+
+@pytest.mark.timeout(600)
+def test_kill_child_when_the_cli_dies_right_after_its_fork() -> None:
+    """The forked child asks for its death signal first thing, and kills itself if the CLI
+    is gone already (unshare(1) leaves a few of them running)."""
+    assert in_child(kill_cli_as_its_child_appears, 30) == 0
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_script_without_shebang_runs_under_sh_as_unshare(util_linux_unshare: None,
+                                                          tmp_path: Any, by_path: bool) -> None:
+    """execvp(3)'s ENOEXEC fallback, which unshare(1) has: /bin/sh runs the file."""
+    script = tmp_path / "noshebang"
+    script.write_text('echo "ran $0 $*"\n')
+    script.chmod(0o755)
+    env = python_env(PATH=f"{tmp_path}:{os.environ['PATH']}")
+    theirs, ours = both("-f", "noshebang" if by_path else str(script), "a", "b", env=env)
+    assert theirs == (0, f"ran {script} a b\n", "")
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("option", ["--h", "--ho", "--hos", "--l", "--lo", "--m", "--map",
+                                    "--k", "--he", "--loopback", "--hostname=x"])
+def test_abbreviations_as_unshare(util_linux_unshare: None, option: str) -> None:
+    """Our --loopback and --hostname are matched in full only: every abbreviation means
+    what it means to unshare(1)."""
+    theirs, ours = both(option, "true")
+    if option.startswith(("--loopback", "--hostname")):
+        assert theirs[0] == 1 and ours[0] == 0
+    elif option in ("--h", "--he"):  # --help: the texts differ
+        assert (ours[0], ours[2]) == (theirs[0], theirs[2]) == (0, "")
+        assert ours[1].split()[0] == "Usage:"
+    else:
+        assert ours == theirs
+
+
+def test_namespace_files_bound_in_unshares_order(util_linux_unshare: None, privileged: None,
+                                                 tmp_path: Any) -> None:
+    """Every namespace to a file, no --fork: the pid one (for children, none yet) cannot be
+    bound, and what was bound before it is what unshare(1) binds first."""
+    def run(program: List[str], where: Any) -> tuple:
+        import linux_clone
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # see above
+        linux_clone.unshare(linux_clone.NEWNS)
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+        where.mkdir()
+        args = []
+        for option in ("mount", "uts", "ipc", "net", "pid", "user", "cgroup", "time"):
+            (where / option).touch()
+            args.append(f"--{option}={where / option}")
+        result = subprocess.run([*program, *args, "true"], capture_output=True, text=True,
+                                env=python_env(), cwd="/", timeout=60)
+        with open("/proc/self/mountinfo") as f:
+            mounted = [line.split()[4] for line in f]
+        return (result.returncode, re.sub(r"^\w+: |/proc/\d+/", "", result.stderr),
+                [os.path.basename(path) for path in mounted if path.startswith(str(where))])
+
+    theirs = in_child(run, ["unshare"], tmp_path / "theirs")
+    ours = in_child(run, [sys.executable, "-m", "linux_clone"], tmp_path / "ours")
+    assert theirs[0] == 1 and "pid" not in theirs[2], theirs
+    assert ours == (theirs[0], theirs[1].replace("theirs", "ours"), theirs[2])
+
+
+@pytest.mark.parametrize("args", [
+    ["--map-user=-1"], ["--map-user=4294967295"], ["--map-group=-1"], ["-r", "--map-user=-1"],
+    ["--map-users=0,0,-1"], ["--map-groups=0,0,4294967295"], ["--map-users=-1,0,1"],
+    ["--map-users=0,0,18446744073709551615"],
+])
+def test_id_minus_one_as_unshare(util_linux_unshare: None, privileged: None,
+                                 args: List[str]) -> None:
+    """(uid_t)-1: no map for --map-user (the command runs as nobody); an error in a range."""
+    theirs, ours = both(*args, "id")
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("args", [[b"-w", b"/no/such/\xff"], [b"--map-user=\xff"],
+                                  [b"--bogus\xff"], [b"-f", b"/no/such/\xff"]])
+def test_non_utf8_bytes_in_messages_as_unshare(util_linux_unshare: None,
+                                               args: List[bytes]) -> None:
+    """A byte of the command line that is not UTF-8 comes out as that byte."""
+    results = []
+    for program in ([b"unshare"], [os.fsencode(sys.executable), b"-m", b"linux_clone"]):
+        result = subprocess.run([*program, *args, b"true"], capture_output=True,
+                                env=python_env(), cwd="/", timeout=60)
+        results.append((result.returncode, result.stderr.replace(b"unshare", b"linux_clone")
+                        .replace(b"'linux_clone --help'", b"'python -m linux_clone --help'")))
+    theirs, ours = results
+    assert b"\xff" in theirs[1]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("argv", ["-f true", b"-f true"])
+def test_main_takes_a_list_not_a_string(argv: Any) -> None:
+    def call() -> str:
+        from linux_clone.__main__ import main
+        try:
+            main(argv)
+        except BaseException as exc:
+            return type(exc).__name__
+        return "returned"
+
+    assert in_child(call) == "TypeError"

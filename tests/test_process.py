@@ -882,3 +882,153 @@ def test_running_popen_collected_warns_as_subprocess() -> None:
 
     theirs, ours = both(case)
     assert ours == theirs == [("ResourceWarning", "subprocess N is still running")]
+
+
+# ---- an outside probe's findings ----
+
+# Raise KeyboardInterrupt (as a SIGINT handler would) at the k-th profiled event from the
+# entry into spawn() (Popen, run) on, for k = 0, 1, ... until a call gets through: after
+# each, no child and no pidfd may be left that the caller did not get.  Up to spawn()'s (and
+# Popen.__init__'s) return: what it returns is the caller's from there.
+INTERRUPT_EVERYWHERE = r"""
+import gc, os, subprocess, sys
+import linux_clone
+from linux_clone import _process
+
+def leftovers():
+    pidfds = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            pidfds += os.readlink("/proc/self/fd/" + name) == "anon_inode:[pidfd]"
+        except OSError:
+            pass
+    try:
+        child = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        child = None
+    return pidfds, child and child.si_pid
+
+def interrupt_at(k, call):
+    events = [0]
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "return" and (
+                code is linux_clone.spawn.__code__ or code is linux_clone.Popen.__init__.__code__):
+            sys.setprofile(None)  # started: the child is the caller's (Popen's)
+            return
+        if events[0] == k:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        events[0] += 1
+    sys.setprofile(profile)
+    try:
+        return call()
+    finally:
+        sys.setprofile(None)
+
+def sweep(name, call, done):
+    for k in range(100000):
+        try:
+            result = interrupt_at(k, call)
+        except KeyboardInterrupt:
+            gc.collect()
+            _process._cleanup()
+            if leftovers() != (0, None):
+                print(name, k, leftovers())
+                return
+        else:
+            done(result)
+            assert leftovers() == (0, None), leftovers()
+            print(name, "ok", k >= 3)
+            return
+
+def reap(result):
+    pid, pidfd = result
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+
+env = {"PATH": os.environ["PATH"]}  # os.environ would add some 800 events to each call
+sweep("spawn", lambda: linux_clone.spawn(["true"], env=env, pidfd=True), reap)
+sweep("spawn stdout", lambda: linux_clone.spawn(["true"], env=env, stdout=linux_clone.DEVNULL,
+                                                 pidfd=True), reap)
+sweep("spawn maps", lambda: linux_clone.spawn(["true"], linux_clone.NEWUSER, env=env,
+                                               uid_map=[(0, 0, 1)], pidfd=True), reap)
+sweep("run", lambda: linux_clone.run(["true"], env=env, capture_output=True),
+      lambda result: None)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_keyboard_interrupt_while_starting_leaves_no_child_or_pidfd(privileged: None) -> None:
+    result = run_python(INTERRUPT_EVERYWHERE, timeout=280)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "spawn ok True", "spawn stdout ok True", "spawn maps ok True", "run ok True"]
+
+
+def test_timeouts_beyond_poll_range_as_subprocess() -> None:
+    """Beyond poll()'s INT_MAX ms (24.8 days) and inf: subprocess waits, so do we (and
+    communicate() with pipes, an OverflowError in subprocess, waits too)."""
+    def case(module: Any) -> List[Any]:
+        month = 30 * 86400
+        proc = module.Popen(["true"])
+        out = [proc.communicate(timeout=month), proc.wait(timeout=month)]
+        proc = module.Popen(["true"])
+        out.append(proc.wait(timeout=float("inf")))
+        out.append(module.run(["true"], timeout=float("inf")).returncode)
+        if module is linux_clone:
+            out.append(module.run(["echo", "x"], capture_output=True, timeout=month).stdout)
+        return out
+
+    theirs, ours = both(case)
+    assert theirs == [(None, None), 0, 0, 0]
+    assert ours == [*theirs, b"x\n"]
+
+
+def test_wait_async_costs_no_fd_beyond_the_pidfd() -> None:
+    """150 children awaited at once under an fd limit of 200: one fd (the pidfd) each."""
+    def case() -> List[int]:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+        rfd, wfd = os.pipe()
+
+        async def main() -> List[int]:
+            # Each blocks reading the pipe until its write end closes: all wait at once.
+            procs = [linux_clone.Popen(["cat"], stdin=rfd, stdout=linux_clone.DEVNULL)
+                     for _ in range(150)]
+            asyncio.get_running_loop().call_later(0.5, os.close, wfd)
+            return await asyncio.wait_for(
+                asyncio.gather(*(proc.wait_async() for proc in procs)), 60)
+
+        return asyncio.run(main())
+
+    assert in_child(case) == [0] * 150
+
+
+def test_popen_subscript_and_universal_newlines_as_subprocess() -> None:
+    def case(module: Any) -> List[Any]:
+        alias = module.Popen[bytes]
+        with module.Popen(["true"], text=True) as proc:
+            first = proc.universal_newlines
+            proc.universal_newlines = False
+            return [alias.__origin__ is module.Popen, alias.__args__, first, proc.text_mode]
+
+    theirs, ours = both(case)
+    assert ours == theirs == [True, (bytes,), True, False]
+
+
+def test_env_needs_items_only() -> None:
+    """As the README says: an env with items() but no get() runs (subprocess refuses it)."""
+    class Items:
+        def __init__(self, **values: str) -> None:
+            self.values = values
+
+        def items(self) -> Any:
+            return self.values.items()
+
+    result = linux_clone.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath),
+                             capture_output=True)
+    assert result.stdout == b"1\n"
+    with pytest.raises(AttributeError):
+        subprocess.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath))
