@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -54,6 +55,13 @@ PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE = 0xFF06  # _IO(PIDFS_IOCTL_MAGIC, 6), <lin
 PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _timer_lib() -> ctypes.CDLL:
+    """The library with timer_create: libc from glibc 2.34, librt before (bullseye's 2.31)."""
+    if hasattr(_libc, "timer_create"):
+        return _libc
+    return ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True)
 
 
 def _check(rc: int, what: str) -> int:
@@ -506,10 +514,10 @@ def setup_signal_storm(ctx: Ctx) -> None:
     sigevent = ctypes.create_string_buffer(64)
     struct.pack_into("iiI", sigevent, 8, signal.SIGUSR1, 0, 0)  # signo, SIGEV_SIGNAL
     timer = ctypes.c_void_p()
-    _check(_libc.timer_create(time.CLOCK_MONOTONIC, sigevent, ctypes.byref(timer)),
-           "timer_create")
+    rt = _timer_lib()
+    _check(rt.timer_create(time.CLOCK_MONOTONIC, sigevent, ctypes.byref(timer)), "timer_create")
     spec = struct.pack("qqqq", 0, 100_000, 0, 100_000)  # interval, value
-    _check(_libc.timer_settime(timer, 0, spec, None), "timer_settime")
+    _check(rt.timer_settime(timer, 0, spec, None), "timer_settime")
     ctx.keep.append((timer, count))
     time.sleep(0.01)
     assert count[0] > 0

@@ -17,6 +17,12 @@
 
 #include "linux_clone.h"  /* sys_clone3_fn, sys_clone_fork: the code under test */
 
+/* The kernel's value (<linux/wait.h>, Linux 5.4), for glibc before 2.36 (bullseye's 2.31),
+   whose idtype_t has no P_PIDFD; where glibc has the enumerator, the macro names the same 3. */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
 #define STACK_SIZE (64 * 1024)
 
 static int failures;
