@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Tuple
@@ -60,11 +61,13 @@ def _cc() -> list[str]:
 @pytest.fixture(scope="module")
 def ext(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     tmp = tmp_path_factory.mktemp("cimport")
+    start = time.monotonic()
     try:
         module = _compile(tmp)
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"building the cimport extension failed: {exc.cmd}\n{exc.stdout}\n"
                     f"{exc.stderr}")
+    assert time.monotonic() - start < 60, "the cimport extension should build in seconds"
     return module
 
 
