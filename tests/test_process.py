@@ -728,6 +728,10 @@ for name in ("bin", "lib", "lib64", "usr"):
         os.mkdir(os.path.join(root, name))
         assert libc.mount(("/" + name).encode(), os.path.join(root, name).encode(), None,
                           0x1000 | 0x4000, None) == 0  # MS_BIND | MS_REC
+# A distribution's python (Debian's /usr/lib/python3.X) has its stdlib in the /usr bound in.
+stdlib = root + os.path.dirname(os.__file__)
+if os.path.isdir(stdlib):
+    assert libc.mount(b"none", stdlib.encode(), b"tmpfs", 0, None) == 0
 proc = linux_clone.Popen(["/bin/sleep", "30"])
 os.chroot(root)
 os.chdir("/")
