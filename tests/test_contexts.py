@@ -1051,7 +1051,7 @@ class Probe:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # ESRCH: gone between open and read
                 alive = False
             if not alive and not select.select([self.r], [], [], 0)[0]:
                 break
