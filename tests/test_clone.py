@@ -537,19 +537,21 @@ def test_stack_not_leaked_over_many_clones(threads: int, clones: int) -> None:
     assert after["rss"] - before["rss"] < 16 * 1024, report
 
 
-def _raises_without_a_child(call: Callable[[], Any]) -> Any:
+def _raises_without_a_child(call: Callable[[], Any], fds_too: bool = False) -> Any:
     """In a fresh child process: call() must raise; return the exception, and whether the call
-    left any process behind (or let one exit: SIGCHLD)."""
+    left any process behind (or let one exit: SIGCHLD) -- or, with fds_too, an fd open."""
     def attempt() -> Any:
         chld = []
         signal.signal(signal.SIGCHLD, lambda *_: chld.append(1))
+        fds = os.listdir("/proc/self/fd")
         try:
             call()
         except BaseException as exc:
             raised = exc
         else:
             raise AssertionError("the call did not raise")
-        return raised, no_children_left() and not chld
+        return raised, (no_children_left() and not chld
+                        and (not fds_too or os.listdir("/proc/self/fd") == fds))
 
     return in_child(attempt)
 
@@ -568,20 +570,7 @@ def test_bad_stack_size(stack_size: int, exc_type: type, err: Any) -> None:
 
 def _raises_leaving_nothing(call: Callable[[], Any]) -> Any:
     """As _raises_without_a_child, and the call must leave no fd open either."""
-    def attempt() -> Any:
-        chld = []
-        signal.signal(signal.SIGCHLD, lambda *_: chld.append(1))
-        fds = os.listdir("/proc/self/fd")
-        try:
-            call()
-        except BaseException as exc:
-            raised = exc
-        else:
-            raise AssertionError("the call did not raise")
-        return raised, (no_children_left() and not chld
-                        and os.listdir("/proc/self/fd") == fds)
-
-    return in_child(attempt)
+    return _raises_without_a_child(call, fds_too=True)
 
 
 # ---- bad arguments ----
