@@ -454,6 +454,20 @@ def child_exit(status: int) -> NoReturn:
         os._exit(status)
 
 
+def child_main(body: Callable[[], int]) -> NoReturn:
+    """Run a forked child's body and end the child with its status: a Failure's own status
+    (it says why), 1 after any other exception (the traceback is printed)."""
+    status = 1
+    try:
+        status = body()
+    except Failure as failure:
+        status = failure.report()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+    finally:
+        child_exit(status)
+
+
 def libc() -> Any:
     import ctypes
     return ctypes.CDLL(None, use_errno=True)
@@ -502,18 +516,14 @@ def start_helper(work: Callable[[], None]) -> Tuple[int, int]:
     if pid:
         os.close(rfd)
         return pid, wfd
-    status = 1
-    try:
+
+    def helper() -> int:
         os.close(wfd)
-        if os.read(rfd, 1):
-            work()
-            status = 0
-    except Failure as failure:
-        status = failure.report()
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-    finally:
-        child_exit(status)
+        if not os.read(rfd, 1):
+            return 1
+        work()
+        return 0
+    child_main(helper)
 
 
 def sync_with_helper(helper: Tuple[int, int], go: bool = True) -> None:
@@ -748,8 +758,7 @@ def run(opts: Options) -> int:
                 death_signal = ctypes.c_ulong(opts.kill_child)
             pid = os.fork()
             if pid == 0:
-                status = 1
-                try:
+                def command() -> int:
                     if opts.kill_child:
                         if prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) < 0:
                             raise Failure("prctl failed", ctypes.get_errno())
@@ -763,12 +772,8 @@ def run(opts: Options) -> int:
                             signal.signal(signum, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     become_command(opts, real_uid, real_gid)
-                except Failure as failure:
-                    status = failure.report()
-                except BaseException:
-                    sys.excepthook(*sys.exc_info())
-                finally:
-                    child_exit(status)
+                    return 1  # become_command only returns by raising
+                child_main(command)
         if opts.persist:
             if binder is not None:
                 helpers.remove(binder)
