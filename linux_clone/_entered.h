@@ -99,6 +99,17 @@ static inline unsigned long lc_ns_request(int kind, const char **name) {
     return 0;
 }
 
+/* fstat(fd, st); on failure, fd is closed and -1 returned with fstat's errno. */
+static inline int lc_fstat_or_close(int fd, struct stat *st) {
+    int saved;
+    if (fstat(fd, st) == 0)
+        return 0;
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
 /* Whether fd is the file (dev, ino): fstat, errno kept. */
 static inline int lc_same_file(int fd, dev_t dev, ino_t ino) {
     struct stat st;
@@ -167,12 +178,8 @@ static inline int lc_thread_ns_fd(int *is_pidfd) {
         fd = open("/proc/thread-self/ns", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    if (fstat(fd, &st) == -1) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
+    if (lc_fstat_or_close(fd, &st) == -1)
         return -1;
-    }
     t->fd = fd;
     t->is_pidfd = *is_pidfd;
     t->dev = st.st_dev;
@@ -212,12 +219,8 @@ static inline int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino) {
         fd = openat(base, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    if (fstat(fd, &st) == -1) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
+    if (lc_fstat_or_close(fd, &st) == -1)
         return -1;
-    }
     *dev = st.st_dev;
     *ino = st.st_ino;
     return fd;
