@@ -9,9 +9,12 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <linux/nsfs.h>
 
 /* glibc >= 2.32 defines it; weak, so that a module built for an older glibc (the manylinux2014
    wheels, glibc 2.17) loads there and still reads it where the running glibc has it. */
@@ -28,16 +31,34 @@ static inline int lc_single_threaded(void) {
     return stat("/proc/self/task", &st) == 0 && st.st_nlink == 3;
 }
 
+/* linux/nsfs.h has it from Linux 6.10; older headers do not. */
+#ifndef NS_GET_PID_FROM_PIDNS
+#define NS_GET_PID_FROM_PIDNS _IOR(0xb7, 0x6, int)
+#endif
+
 /* 1 when the calling thread's children go to another pid namespace than its own (after
    setns or unshare of NEWPID), 0 when not or /proc cannot tell, -1 when that namespace
-   has no init yet: after unshare(NEWPID), where procfs shows no pid_for_children. */
+   has no init: right after unshare(NEWPID).  Up to Linux 6.18 at least, procfs shows no
+   pid_for_children until the namespace has an init; Linux 7.2 (forky's kernel) shows it
+   at once, so there the nsfs ioctl asks for pid 1 (Linux 6.10+: ESRCH when the namespace
+   has none, also once its init has died; ENOTTY before 6.10, where the stat answered).
+   Asked before any fork: a forked helper would become the init.  errno is kept. */
 static inline int lc_pid_ns_moved(void) {
     struct stat own, children;
+    int saved = errno, fd, moved = 1;
     if (stat("/proc/thread-self/ns/pid", &own) != 0)
-        return 0;
-    if (stat("/proc/thread-self/ns/pid_for_children", &children) != 0)
-        return errno == ENOENT ? -1 : 0;
-    return own.st_ino != children.st_ino || own.st_dev != children.st_dev;
+        moved = 0;
+    else if (stat("/proc/thread-self/ns/pid_for_children", &children) != 0)
+        moved = errno == ENOENT ? -1 : 0;
+    else if (own.st_ino == children.st_ino && own.st_dev == children.st_dev)
+        moved = 0;
+    else if ((fd = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC)) >= 0) {
+        if (ioctl(fd, NS_GET_PID_FROM_PIDNS, 1) == -1 && errno == ESRCH)
+            moved = -1;
+        close(fd);
+    }
+    errno = saved;
+    return moved;
 }
 
 /* The forked helper's channel to the caller (see _clone_from_fork): a seqpacket pair;
