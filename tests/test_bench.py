@@ -265,6 +265,21 @@ def test_spawn_pipe_reap_reports_a_failed_program(privileged: None) -> None:
     assert info.value.errno == errno.ECHILD
 
 
+def test_spawn_loops_exec_with_the_process_environment(tmp_path: Any) -> None:
+    # As spawn(env=None) and subprocess pass it: the baseline's execve copies the same
+    # environment.  The program exits 0 only if it got what os.environ holds.
+    script = tmp_path / "check-env"
+    script.write_text('#!/bin/sh\ntest "$LC_BENCH_ENV" = passed\n')
+    script.chmod(0o755)
+    path = os.fsencode(script)
+
+    def child() -> Tuple[int, int]:
+        os.environ["LC_BENCH_ENV"] = "passed"
+        return _bench.spawn_reap(0, path, 1), _bench.spawn_pipe_reap(0, path, b"x", 1)
+
+    assert all(elapsed > 0 for elapsed in in_child(child))
+
+
 def test_setup_reap_reports_a_failed_child(privileged: None) -> None:
     # A hostname longer than the kernel's 64 bytes: sethostname fails in the child.
     with pytest.raises(OSError) as info:
