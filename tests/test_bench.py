@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections import Counter
 from importlib import metadata
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -193,6 +194,30 @@ def test_a_raw_c_loop_the_kernel_refuses_skips_the_row() -> None:
     with pytest.raises(PermissionError):
         harness.measure({"raw C": harness.Impl("works", works),
                          "linux_clone": harness.Impl("refused", refused)}, settings)
+
+
+@pytest.mark.parametrize("columns", [2, 3, 4, 5])
+def test_each_column_follows_each_other_equally_often(columns: int) -> None:
+    # What a column leaves behind (a netns the kernel still tears down) slows the next one:
+    # no column may always come after the same one.
+    calls: List[str] = []
+
+    def column(name: str) -> harness.Impl:
+        def loop(n: int) -> int:
+            calls.append(name)
+            return n
+        return harness.Impl(name, loop)
+
+    names = ["raw C", *(f"c{i}" for i in range(1, columns))]
+    rounds = 2 * columns * 3
+    settings = harness.Settings(repetitions=rounds, loop_ns=1.0, proc_repetitions=rounds)
+    harness.measure({name: column(name) for name in names}, settings, single=True)
+    timed = calls[columns:]  # after one warm-up call each
+    pairs = Counter((a, b) for start in range(0, len(timed), columns)
+                    for a, b in zip(timed[start:start + columns - 1],
+                                    timed[start + 1:start + columns]))
+    assert len(pairs) == columns * (columns - 1) and len(set(pairs.values())) == 1, pairs
+    assert Counter(timed[::columns]) == Counter({name: rounds // columns for name in names})
 
 
 def test_plot_without_matplotlib_is_a_clear_error() -> None:
