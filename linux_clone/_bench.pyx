@@ -36,6 +36,7 @@ cdef extern from "<sys/syscall.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
     int pipe2(int fds[2], int flags)
+    char **environ
 
 cdef extern from "<signal.h>" nogil:
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
@@ -374,26 +375,26 @@ def clone_reap(unsigned long flags, long n):
 cdef struct _Exec:
     const char *path
     char **argv
-    char **envp
 
 
 cdef int _exec_child(void *arg) noexcept nogil:
     cdef _Exec *request = <_Exec *>arg
     # Signals stay blocked, as the parent left them: the program runs nothing that needs one,
     # and no handler of the parent may run on the memory the child shares with it.
-    execve(request.path, request.argv, request.envp)
+    # The process's environment, as spawn(env=None), subprocess and os.execv pass it: execve
+    # copies it into the new program, work an empty one would leave out of the baseline.
+    execve(request.path, request.argv, environ)
     _exit(127)
     return 127
 
 
 def spawn_reap(unsigned long flags, bytes path, long n):
     """n times: clone(CLONE_VM | CLONE_VFORK | flags) of a child that execs `path` with no
-    arguments and an empty environment, as posix_spawn would; reaped with waitpid: elapsed
-    ns.  Fails with ECHILD if the program did not exit 0."""
+    arguments and the process's environment, as posix_spawn would; reaped with waitpid:
+    elapsed ns.  Fails with ECHILD if the program did not exit 0."""
     cdef size_t stack_size = 64 * 1024
     cdef char *stack = <char *>malloc(stack_size)
     cdef char *argv[2]
-    cdef char *envp[1]
     cdef _Exec request
     cdef sigset_t all_signals, saved
     cdef long _i
@@ -404,8 +405,7 @@ def spawn_reap(unsigned long flags, bytes path, long n):
         raise MemoryError()
     argv[0] = path
     argv[1] = NULL
-    envp[0] = NULL
-    request.path, request.argv, request.envp = path, argv, envp
+    request.path, request.argv = path, argv
     sigfillset(&all_signals)
     with nogil:
         start = _now()
@@ -431,7 +431,6 @@ def spawn_reap(unsigned long flags, bytes path, long n):
 cdef struct _PipedExec:
     const char *path
     char **argv
-    char **envp
     int out  # becomes fd 1
     int err  # becomes fd 2
 
@@ -440,7 +439,7 @@ cdef int _piped_exec_child(void *arg) noexcept nogil:
     cdef _PipedExec *request = <_PipedExec *>arg
     if dup2(request.out, 1) == -1 or dup2(request.err, 2) == -1:
         _exit(126)
-    execve(request.path, request.argv, request.envp)
+    execve(request.path, request.argv, environ)  # as _exec_child: the process's environment
     _exit(127)
     return 127
 
@@ -458,13 +457,12 @@ cdef int _drain(int fd) noexcept nogil:
 
 def spawn_pipe_reap(unsigned long flags, bytes path, bytes arg, long n):
     """n times: a close-on-exec pipe each for stdout and stderr, clone(CLONE_VM | CLONE_VFORK
-    | flags) of a child that puts their write ends on 1 and 2 and execs `path arg` with an
-    empty environment; the parent reads both pipes to end of file and reaps the child with
+    | flags) of a child that puts their write ends on 1 and 2 and execs `path arg` with the
+    process's environment; the parent reads both pipes to end of file and reaps the child with
     waitpid: elapsed ns.  Fails with ECHILD if the program did not exit 0."""
     cdef size_t stack_size = 64 * 1024
     cdef char *stack = <char *>malloc(stack_size)
     cdef char *argv[3]
-    cdef char *envp[1]
     cdef _PipedExec request
     cdef int out[2]
     cdef int err_pipe[2]
@@ -476,8 +474,7 @@ def spawn_pipe_reap(unsigned long flags, bytes path, bytes arg, long n):
     if stack == NULL:
         raise MemoryError()
     argv[0], argv[1], argv[2] = path, arg, NULL
-    envp[0] = NULL
-    request.path, request.argv, request.envp = path, argv, envp
+    request.path, request.argv = path, argv
     sigfillset(&all_signals)
     with nogil:
         start = _now()

@@ -1155,6 +1155,7 @@ cdef class _Spawn:
     the request points into, alive until the child has exec'd or exited."""
     cdef _SpawnRequest req
     cdef _CStrings argv, envp, paths
+    cdef char *program[2]  # the paths when argv[0] has a slash: it, then NULL
     cdef bytes cwd, hostname
     cdef _Fds keep
     cdef char *stack      # from lc_stack_take
@@ -1185,13 +1186,15 @@ cdef class _Spawn:
         # took ~20 us a call (35 variables), a sixth of spawn's overhead over C.
         program = self.argv.items[0]
         if b"/" in program:
-            self.paths = _CStrings([program])
+            self.program[0], self.program[1] = self.argv.array[0], NULL
+            self.req.paths = self.program
         else:
             if env is None:
                 path = os.environb.get(b"PATH")
                 search = [] if path is None else [(b"PATH", path)]
             self.paths = _CStrings([_exec_candidate(d, program) for d in _exec_path(search)])
-        self.req.argv, self.req.paths = self.argv.array, self.paths.array
+            self.req.paths = self.paths.array
+        self.req.argv = self.argv.array
         if cwd is not None:
             c_cwd = self.cwd = _fsencode(cwd)
             self.req.cwd = c_cwd
@@ -1207,15 +1210,17 @@ cdef class _Spawn:
                         bint start_new_session, object umask) except -1:
         """stdio: None, or the fds (-1: none) to become 0, 1 and 2."""
         cdef int i
-        self.keep = _Fds(pass_fds)
+        if type(pass_fds) is not tuple or len(pass_fds) != 0:
+            # Not for the default (): a set, a sort and a malloc less per spawn.
+            self.keep = _Fds(pass_fds)
+            self.req.keep, self.req.nkeep = self.keep.array, self.keep.n
         self.req.umask = _index(umask)  # as subprocess: any negative one keeps the caller's
         for i in range(3):
             self.req.stdio[i] = -1 if stdio is None else _index(stdio[i])
             if self.req.stdio[i] < -1:
                 raise ValueError(f"the fd for {('stdin', 'stdout', 'stderr')[i]} is "
                                  f"{self.req.stdio[i]}")
-        self.req.keep, self.req.nkeep = self.keep.array, self.keep.n
-        self.req.fds = stdio is not None or self.keep.n > 0
+        self.req.fds = stdio is not None or self.req.nkeep > 0
         self.req.close_fds, self.req.setsid = close_fds, start_new_session
         return 0
 

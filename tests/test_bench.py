@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections import Counter
 from importlib import metadata
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -195,6 +196,30 @@ def test_a_raw_c_loop_the_kernel_refuses_skips_the_row() -> None:
                          "linux_clone": harness.Impl("refused", refused)}, settings)
 
 
+@pytest.mark.parametrize("columns", [2, 3, 4, 5])
+def test_each_column_follows_each_other_equally_often(columns: int) -> None:
+    # What a column leaves behind (a netns the kernel still tears down) slows the next one:
+    # no column may always come after the same one.
+    calls: List[str] = []
+
+    def column(name: str) -> harness.Impl:
+        def loop(n: int) -> int:
+            calls.append(name)
+            return n
+        return harness.Impl(name, loop)
+
+    names = ["raw C", *(f"c{i}" for i in range(1, columns))]
+    rounds = 2 * columns * 3
+    settings = harness.Settings(repetitions=rounds, loop_ns=1.0, proc_repetitions=rounds)
+    harness.measure({name: column(name) for name in names}, settings, single=True)
+    timed = calls[columns:]  # after one warm-up call each
+    pairs = Counter((a, b) for start in range(0, len(timed), columns)
+                    for a, b in zip(timed[start:start + columns - 1],
+                                    timed[start + 1:start + columns]))
+    assert len(pairs) == columns * (columns - 1) and len(set(pairs.values())) == 1, pairs
+    assert Counter(timed[::columns]) == Counter({name: rounds // columns for name in names})
+
+
 def test_plot_without_matplotlib_is_a_clear_error() -> None:
     code = ("import sys; sys.modules['matplotlib'] = None; "
             "from linux_clone.bench import main; main(['--quick', '--plot', '/dev/null'])")
@@ -263,6 +288,21 @@ def test_spawn_pipe_reap_reports_a_failed_program(privileged: None) -> None:
     with pytest.raises(OSError) as info:
         in_child(lambda: _bench.spawn_pipe_reap(0, b"/bin/false", b"x", 1))
     assert info.value.errno == errno.ECHILD
+
+
+def test_spawn_loops_exec_with_the_process_environment(tmp_path: Any) -> None:
+    # As spawn(env=None) and subprocess pass it: the baseline's execve copies the same
+    # environment.  The program exits 0 only if it got what os.environ holds.
+    script = tmp_path / "check-env"
+    script.write_text('#!/bin/sh\ntest "$LC_BENCH_ENV" = passed\n')
+    script.chmod(0o755)
+    path = os.fsencode(script)
+
+    def child() -> Tuple[int, int]:
+        os.environ["LC_BENCH_ENV"] = "passed"
+        return _bench.spawn_reap(0, path, 1), _bench.spawn_pipe_reap(0, path, b"x", 1)
+
+    assert all(elapsed > 0 for elapsed in in_child(child))
 
 
 def test_setup_reap_reports_a_failed_child(privileged: None) -> None:

@@ -90,8 +90,8 @@ def measure(columns: Dict[str, Column], settings: Settings, *, single: bool = Fa
             cap: int = 200_000) -> Measured:
     """Run each column's loop once to warm up (a failing comparator is skipped; a raw C loop
     the kernel refuses skips the row; any other failure of raw C, cimport or linux_clone fails
-    it), then repetitions of every loop, each round in a rotated order: ns per call, one number
-    per round.  A loop is n calls, n chosen so that raw C takes settings.loop_ns (at most
+    it), then repetitions of every loop, each round in one of balanced_orders: ns per call, one
+    number per round.  A loop is n calls, n chosen so that raw C takes settings.loop_ns (at most
     `cap`); `single` rows (a process or a namespace per call) time single calls."""
     loops: Dict[str, Loop] = {}
     what: Dict[str, str] = {}
@@ -125,11 +125,29 @@ def measure(columns: Dict[str, Column], settings: Settings, *, single: bool = Fa
         n, repetitions = max(8, min(cap, int(settings.loop_ns / per_call))), settings.repetitions
     names = list(loops)
     samples: Dict[str, List[float]] = {name: [] for name in names}
+    orders = balanced_orders(len(names))
     for rep in range(repetitions):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(loops[name](n) / n)
+        for i in orders[rep % len(orders)]:
+            samples[names[i]].append(loops[names[i]](n) / n)
     return Measured(n, samples, what, skipped)
+
+
+def balanced_orders(n: int) -> List[List[int]]:
+    """Orders of range(n) in which each column comes first equally often and follows each
+    other column equally often (a Williams design: n orders, 2n when n is odd).  A rotation
+    kept one neighbour: in the spawn row raw C always came after subprocess, whose netns the
+    kernel was still tearing down, and linux_clone always after raw C (0.99× that way,
+    1.13× the other way round, the same build)."""
+    first = [0]
+    low, high = 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    orders = [[(x + shift) % n for x in first] for shift in range(n)]
+    return orders + [order[::-1] for order in orders] if n % 2 else orders
 
 
 # ---- what the rows use to make their calls ----
