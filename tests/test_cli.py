@@ -271,24 +271,24 @@ def parent_pid(pid: int) -> int:
 def test_command_never_outlives_the_wait(signum: int) -> None:
     """As under unshare --fork: SIGTERM (or ^C, a hang-up, ^\\) sent to linux_clone alone
     does not end its wait; COMMAND stays its child, and its status is linux_clone's."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "linux_clone", "-f", "--", "sh", "-c", "echo $$; read line; exit 5"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env(), cwd="/",
-        start_new_session=True)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        command = int(proc.stdout.readline())
-        proc.send_signal(signum)
-        while proc.poll() is None and not signal_held(proc.pid, signum):
-            time.sleep(0.01)
-        assert proc.poll() is None, f"linux_clone ended with {proc.returncode}"
-        assert parent_pid(command) == proc.pid
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 5
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # COMMAND too, were it left behind
-        proc.wait()
+    with subprocess.Popen(  # its exit closes the pipes (else a ResourceWarning) and waits
+            [sys.executable, "-m", "linux_clone", "-f", "--", "sh", "-c",
+             "echo $$; read line; exit 5"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env(),
+            cwd="/", start_new_session=True) as proc:
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            command = int(proc.stdout.readline())
+            proc.send_signal(signum)
+            while proc.poll() is None and not signal_held(proc.pid, signum):
+                time.sleep(0.01)
+            assert proc.poll() is None, f"linux_clone ended with {proc.returncode}"
+            assert parent_pid(command) == proc.pid
+            proc.stdin.close()
+            assert proc.wait(timeout=60) == 5
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # COMMAND too, were it left behind
 
 
 # ---- a drop-in for util-linux 2.38 unshare(1): the same command line, the same outcome ----
@@ -504,24 +504,25 @@ def process_state(pid: int) -> str:
     ([], True), (["--kill-child"], False), (["--kill-child=SIGTERM"], False)])
 def test_sigkill_of_linux_clone(options: List[str], survives: bool) -> None:
     """SIGKILL cannot be blocked: COMMAND lives on, reparented -- unless --kill-child."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "linux_clone", "-f", *options, "--", "sh", "-c",
-         "echo $$; exec sleep 60"],
-        stdout=subprocess.PIPE, text=True, env=python_env(), cwd="/", start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        command = int(proc.stdout.readline())
-        proc.kill()
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-        if survives:
-            assert process_state(command) not in ("", "Z")
-            assert parent_pid(command) != proc.pid
-        else:
-            while process_state(command) not in ("", "Z"):
-                time.sleep(0.01)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    with subprocess.Popen(  # its exit closes the pipe (else a ResourceWarning) and waits
+            [sys.executable, "-m", "linux_clone", "-f", *options, "--", "sh", "-c",
+             "echo $$; exec sleep 60"],
+            stdout=subprocess.PIPE, text=True, env=python_env(), cwd="/",
+            start_new_session=True) as proc:
+        try:
+            assert proc.stdout is not None
+            command = int(proc.stdout.readline())
+            proc.kill()
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+            if survives:
+                assert process_state(command) not in ("", "Z")
+                assert parent_pid(command) != proc.pid
+            else:
+                while process_state(command) not in ("", "Z"):
+                    time.sleep(0.01)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("args", [
