@@ -614,6 +614,9 @@ def keep_caps() -> None:
 def execvp(argv: List[str]) -> None:
     """os.execvp, with glibc execvp's fallback that unshare(1) has: a file the kernel cannot
     run (ENOEXEC: a script without #!) runs under /bin/sh."""
+    if not argv[0]:
+        # glibc's execvp fails with ENOENT; os.execvp raises ValueError for an empty argv[0].
+        raise OSError(2, os.strerror(2), argv[0])  # ENOENT
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

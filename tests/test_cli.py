@@ -858,3 +858,50 @@ def test_main_takes_a_list_not_a_string(argv: Any) -> None:
         return "returned"
 
     assert in_child(call) == "TypeError"
+
+
+# ---- probe 4: an empty COMMAND, stderr closed, COMMAND's signal unshare(1) cannot re-raise ----
+
+@pytest.mark.parametrize("fork", [[], ["-f"]])
+def test_empty_command_as_unshare(util_linux_unshare: None, fork: List[str]) -> None:
+    """glibc's execvp("") is ENOENT: a message and 127, not os.execvp's ValueError."""
+    theirs, ours = both(*fork, "--", "")
+    assert theirs == (127, "", "linux_clone: failed to execute : No such file or directory\n")
+    assert ours == theirs
+
+
+def main_said(args: List[Any], stderr: str = "file") -> tuple:
+    """main(args) in a forked child whose stdout and stderr are files ("closed": fd 2 closed
+    and sys.stderr None, as Python starts with 2>&-): (what main returned or the type it
+    raised, stdout, stderr)."""
+    import tempfile
+
+    from linux_clone.__main__ import main
+
+    def run() -> tuple:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            sys.stdout = out
+            if stderr == "closed":
+                os.close(2)
+                sys.stderr = None
+            else:
+                os.dup2(err.fileno(), 2)
+                sys.stderr = err
+            os.chdir("/")
+            try:
+                outcome: Any = main(list(args))
+            except BaseException as exc:
+                outcome = type(exc).__name__
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return outcome, out.read(), err.read()
+
+    return in_child(run)
+
+
+@pytest.mark.parametrize("fork", [[], ["-f"]])
+def test_main_in_process_empty_command(fork: List[str]) -> None:
+    assert main_said([*fork, "--", ""]) == (
+        127, "", "linux_clone: failed to execute : No such file or directory\n")
