@@ -127,8 +127,8 @@ class Failure(Exception):
         text = f"{PROG}: {self.message}"
         if self.error is not None:
             text += f": {os.strerror(self.error)}"
-        if self.message:  # else a helper has said it
-            say(text)
+        if self.message and not say(text):  # else a helper has said it
+            return 1
         return self.status
 
 
@@ -137,20 +137,31 @@ class Usage(Failure):
 
     def report(self) -> int:
         say(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.")
-        return 1
+        return 1  # also when it was not written
 
 
-def say(text: str) -> None:
+def say(text: str) -> bool:
     """Write a line to stderr, a byte of the command line that is not UTF-8 as that byte
-    (as unshare(1) writes it), not as the escape of its surrogate."""
+    (as unshare(1) writes it), not as the escape of its surrogate.  Return whether it was
+    written: as util-linux's close_stdout() at exit, a message that was not makes the exit
+    status 1.  With sys.stderr None (fd 2 closed when Python started) it is dropped, never
+    written to stdout as print() would, nor to an fd 2 that may be one of our own pipes by
+    now."""
     stream = sys.stderr
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:  # None, or a stream without bytes under it
-        print(text, file=stream)
-        return
-    stream.flush()
-    buffer.write(os.fsencode(text + "\n"))
-    buffer.flush()
+    if stream is None:
+        return False
+    try:
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:  # a stream without bytes under it
+            print(text, file=stream)
+            stream.flush()
+            return True
+        stream.flush()
+        buffer.write(os.fsencode(text + "\n"))
+        buffer.flush()
+    except OSError:  # 2>/dev/full, a closed pipe
+        return False
+    return True
 
 
 def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
@@ -854,3 +865,8 @@ if __name__ == "__main__":
         # Only --help and --version write to stdout, and they flush it, reporting a failure:
         # what could not be written is not tried again at exit (exit status 120).
         sys.stdout = None
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+        except OSError:  # a message that 2>/dev/full refused (the status is 1 for it)
+            sys.stderr = None

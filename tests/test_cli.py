@@ -905,3 +905,33 @@ def main_said(args: List[Any], stderr: str = "file") -> tuple:
 def test_main_in_process_empty_command(fork: List[str]) -> None:
     assert main_said([*fork, "--", ""]) == (
         127, "", "linux_clone: failed to execute : No such file or directory\n")
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-w", "/no/such/dir", "true"],
+                                  ["--", "/no/such/program"], ["-f", "--", "/no/such/program"],
+                                  ["-f", "--", ""]])
+def test_main_in_process_with_stderr_closed(args: List[str]) -> None:
+    """Nothing goes to stdout instead; the status is 1, as unshare(1)'s once its message
+    could not be written."""
+    assert main_said(args, stderr="closed") == (1, "", "")
+
+
+def stderr_closed() -> None:
+    os.close(2)
+
+
+def stderr_full() -> None:
+    os.dup2(os.open("/dev/full", os.O_WRONLY), 2)
+
+
+@pytest.mark.parametrize("redirect", [stderr_closed, stderr_full])
+@pytest.mark.parametrize("args", [["--bogus"], ["-w", "/no/such/dir", "true"],
+                                  ["--", "/no/such/program"], ["-f", "--", "/no/such/program"],
+                                  ["--", ""], ["-f", "sh", "-c", "echo x; exit 5"]])
+def test_messages_never_go_to_stdout_as_unshare(util_linux_unshare: None, redirect: Any,
+                                                 args: List[str]) -> None:
+    """Started with 2>&- (or 2>/dev/full): no message on stdout, and unshare(1)'s status: 1
+    once a message could not be written (util-linux's close_stdout() at exit)."""
+    theirs, ours = both(*args, preexec_fn=redirect)
+    assert theirs[1:] == ("x\n" if "-f" in args and "sh" in args else "", "")
+    assert ours == theirs
