@@ -830,13 +830,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     Called in-process, main() leaves its caller's signal handlers, signal mask and working
     directory as they were, and no child or fd of its own, on every return path; what only
     a run without --fork changes for good before a failure (the namespaces, --root, the
-    ids) stays changed, as it would in unshare(1)."""
+    ids) stays changed, as it would in unshare(1).  An item that is not a str is a TypeError;
+    one no command line can hold (a NUL byte, a lone surrogate) is refused as a bad one."""
     if isinstance(argv, (str, bytes)):  # would be taken a character at a time
         raise TypeError(f"argv must be a list of str, not {type(argv).__name__}")
+    args = sys.argv[1:] if argv is None else list(argv)
+    for arg in args:
+        if not isinstance(arg, str):
+            raise TypeError(f"argv must be a list of str, not of {type(arg).__name__}")
     handlers = [(signum, signal.getsignal(signum))
                 for signum in (signal.SIGCHLD, *PYTHON_IGNORED)]
     try:
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
+        for arg in args:
+            # Only main() called in-process can pass what no C string holds: refused before
+            # anything is done, where os functions would raise ValueError half-way.
+            if "\0" in arg:
+                raise Failure(f"argument contains a NUL byte: {arg!r}")
+            try:
+                os.fsencode(arg)
+            except UnicodeEncodeError:
+                raise Failure(f"argument cannot be encoded: {arg!r}") from None
+        return run(parse_args(args))
     except Failure as failure:
         return failure.report()
     finally:

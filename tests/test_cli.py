@@ -907,6 +907,23 @@ def test_main_in_process_empty_command(fork: List[str]) -> None:
         127, "", "linux_clone: failed to execute : No such file or directory\n")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-f", "--", "tr\0ue"], "argument contains a NUL byte: 'tr\\x00ue'"),
+    (["--", "tr\0ue"], "argument contains a NUL byte: 'tr\\x00ue'"),
+    (["-w", "/tmp\0", "true"], "argument contains a NUL byte: '/tmp\\x00'"),
+    (["-f", "--", "\ud800"], "argument cannot be encoded: '\\ud800'"),
+])
+def test_main_in_process_refuses_what_no_c_string_holds(args: List[str], message: str) -> None:
+    """Only main() called in-process can pass these: a message and status 1 before anything
+    is done (no traceback, no ValueError half-way)."""
+    assert main_said(args) == (1, "", f"linux_clone: {message}\n")
+
+
+@pytest.mark.parametrize("args", [["-f", "--", 1], ["-f", "--", b"true"]])
+def test_main_in_process_takes_str_items_only(args: List[Any]) -> None:
+    assert main_said(args)[0] == "TypeError"
+
+
 @pytest.mark.parametrize("args", [["--bogus"], ["-w", "/no/such/dir", "true"],
                                   ["--", "/no/such/program"], ["-f", "--", "/no/such/program"],
                                   ["-f", "--", ""]])
