@@ -952,3 +952,37 @@ def test_messages_never_go_to_stdout_as_unshare(util_linux_unshare: None, redire
     theirs, ours = both(*args, preexec_fn=redirect)
     assert theirs[1:] == ("x\n" if "-f" in args and "sh" in args else "", "")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("case", ["SIGKILL", "SIGTERM as pid 1"])
+def test_command_killed_where_unshare_cannot_kill_itself(request: Any, case: str) -> None:
+    """README (differences): when COMMAND dies of SIGKILL we die of it too, and as pid 1 of a
+    pid namespace (where the kernel drops a signal pid 1 sends itself) exit 128+N, without a
+    message; util-linux 2.38's unshare -f says "sigprocmask unblock failed" (its
+    signal(SIGKILL, SIG_DFL) is EINVAL; 2.40 dies of SIGKILL) or "child exit failed" (2.40
+    too), and exits 1."""
+    command = ["-f", "--", "sh", "-c", "kill -KILL $$" if case == "SIGKILL" else "kill -TERM $$"]
+    # As pid 1: the program under test runs in the pid namespace a CLI -p -f makes.
+    wrap: List[str] = []
+    if case != "SIGKILL":
+        request.getfixturevalue("privileged")
+        wrap = [sys.executable, "-m", "linux_clone", "-p", "-f", "--"]
+
+    def run(*argv: str) -> tuple:
+        result = subprocess.run([*wrap, *argv, *command], capture_output=True, text=True,
+                                env=python_env(), cwd="/", timeout=60)
+        return (result.returncode, result.stdout,
+                result.stderr.replace("unshare:", "linux_clone:"))
+
+    expected = (-signal.SIGKILL if case == "SIGKILL" else 128 + signal.SIGTERM, "", "")
+    assert run(sys.executable, "-m", "linux_clone") == expected
+    version = tuple(map(int, UNSHARE_VERSION.split(".")[:2])) if UNSHARE_VERSION else ()
+    if version < (2, 38):
+        return  # no util-linux 2.38 or later to compare with
+    theirs = run("unshare")
+    if case == "SIGKILL" and version >= (2, 40):
+        assert theirs == expected
+    else:
+        assert theirs[:2] == (1, "")
+        assert theirs[2].startswith("linux_clone: sigprocmask unblock failed: Invalid argument"
+                                    if case == "SIGKILL" else "linux_clone: child exit failed")
