@@ -127,8 +127,8 @@ class Failure(Exception):
         text = f"{PROG}: {self.message}"
         if self.error is not None:
             text += f": {os.strerror(self.error)}"
-        if self.message:  # else a helper has said it
-            say(text)
+        if self.message and not say(text):  # else a helper has said it
+            return 1
         return self.status
 
 
@@ -137,20 +137,31 @@ class Usage(Failure):
 
     def report(self) -> int:
         say(f"{PROG}: {self.message}\nTry 'python -m {PROG} --help' for more information.")
-        return 1
+        return 1  # also when it was not written
 
 
-def say(text: str) -> None:
+def say(text: str) -> bool:
     """Write a line to stderr, a byte of the command line that is not UTF-8 as that byte
-    (as unshare(1) writes it), not as the escape of its surrogate."""
+    (as unshare(1) writes it), not as the escape of its surrogate.  Return whether it was
+    written: as util-linux's close_stdout() at exit, a message that was not makes the exit
+    status 1.  With sys.stderr None (fd 2 closed when Python started) it is dropped, never
+    written to stdout as print() would, nor to an fd 2 that may be one of our own pipes by
+    now."""
     stream = sys.stderr
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:  # None, or a stream without bytes under it
-        print(text, file=stream)
-        return
-    stream.flush()
-    buffer.write(os.fsencode(text + "\n"))
-    buffer.flush()
+    if stream is None:
+        return False
+    try:
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:  # a stream without bytes under it
+            print(text, file=stream)
+            stream.flush()
+            return True
+        stream.flush()
+        buffer.write(os.fsencode(text + "\n"))
+        buffer.flush()
+    except OSError:  # 2>/dev/full, a closed pipe
+        return False
+    return True
 
 
 def getopt(argv: List[str], rest: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
@@ -614,6 +625,9 @@ def keep_caps() -> None:
 def execvp(argv: List[str]) -> None:
     """os.execvp, with glibc execvp's fallback that unshare(1) has: a file the kernel cannot
     run (ENOEXEC: a script without #!) runs under /bin/sh."""
+    if not argv[0]:
+        # glibc's execvp fails with ENOENT; os.execvp raises ValueError for an empty argv[0].
+        raise OSError(2, os.strerror(2), argv[0])  # ENOENT
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
@@ -816,13 +830,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     Called in-process, main() leaves its caller's signal handlers, signal mask and working
     directory as they were, and no child or fd of its own, on every return path; what only
     a run without --fork changes for good before a failure (the namespaces, --root, the
-    ids) stays changed, as it would in unshare(1)."""
+    ids) stays changed, as it would in unshare(1).  An item that is not a str is a TypeError;
+    one no command line can hold (a NUL byte, a lone surrogate) is refused as a bad one."""
     if isinstance(argv, (str, bytes)):  # would be taken a character at a time
         raise TypeError(f"argv must be a list of str, not {type(argv).__name__}")
+    args = sys.argv[1:] if argv is None else list(argv)
+    for arg in args:
+        if not isinstance(arg, str):
+            raise TypeError(f"argv must be a list of str, not of {type(arg).__name__}")
     handlers = [(signum, signal.getsignal(signum))
                 for signum in (signal.SIGCHLD, *PYTHON_IGNORED)]
     try:
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
+        for arg in args:
+            # Only main() called in-process can pass what no C string holds: refused before
+            # anything is done, where os functions would raise ValueError half-way.
+            if "\0" in arg:
+                raise Failure(f"argument contains a NUL byte: {arg!r}")
+            try:
+                os.fsencode(arg)
+            except UnicodeEncodeError:
+                raise Failure(f"argument cannot be encoded: {arg!r}") from None
+        return run(parse_args(args))
     except Failure as failure:
         return failure.report()
     finally:
@@ -851,3 +879,8 @@ if __name__ == "__main__":
         # Only --help and --version write to stdout, and they flush it, reporting a failure:
         # what could not be written is not tried again at exit (exit status 120).
         sys.stdout = None
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+        except OSError:  # a message that 2>/dev/full refused (the status is 1 for it)
+            sys.stderr = None

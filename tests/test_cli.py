@@ -859,3 +859,131 @@ def test_main_takes_a_list_not_a_string(argv: Any) -> None:
         return "returned"
 
     assert in_child(call) == "TypeError"
+
+
+# ---- probe 4: an empty COMMAND, stderr closed, COMMAND's signal unshare(1) cannot re-raise ----
+
+@pytest.mark.parametrize("fork", [[], ["-f"]])
+def test_empty_command_as_unshare(util_linux_unshare: None, fork: List[str]) -> None:
+    """glibc's execvp("") is ENOENT: a message and 127, not os.execvp's ValueError."""
+    theirs, ours = both(*fork, "--", "")
+    assert theirs == (127, "", "linux_clone: failed to execute : No such file or directory\n")
+    assert ours == theirs
+
+
+def main_said(args: List[Any], stderr: str = "file") -> tuple:
+    """main(args) in a forked child whose stdout and stderr are files ("closed": fd 2 closed
+    and sys.stderr None, as Python starts with 2>&-): (what main returned or the type it
+    raised, stdout, stderr)."""
+    import tempfile
+
+    from linux_clone.__main__ import main
+
+    def run() -> tuple:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            os.dup2(out.fileno(), 1)
+            sys.stdout = out
+            if stderr == "closed":
+                os.close(2)
+                sys.stderr = None
+            else:
+                os.dup2(err.fileno(), 2)
+                sys.stderr = err
+            os.chdir("/")
+            try:
+                outcome: Any = main(list(args))
+            except BaseException as exc:
+                outcome = type(exc).__name__
+            for f in (out, err):
+                f.flush()
+                f.seek(0)
+            return outcome, out.read(), err.read()
+
+    return in_child(run)
+
+
+@pytest.mark.parametrize("fork", [[], ["-f"]])
+def test_main_in_process_empty_command(fork: List[str]) -> None:
+    assert main_said([*fork, "--", ""]) == (
+        127, "", "linux_clone: failed to execute : No such file or directory\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-f", "--", "tr\0ue"], "argument contains a NUL byte: 'tr\\x00ue'"),
+    (["--", "tr\0ue"], "argument contains a NUL byte: 'tr\\x00ue'"),
+    (["-w", "/tmp\0", "true"], "argument contains a NUL byte: '/tmp\\x00'"),
+    (["-f", "--", "\ud800"], "argument cannot be encoded: '\\ud800'"),
+])
+def test_main_in_process_refuses_what_no_c_string_holds(args: List[str], message: str) -> None:
+    """Only main() called in-process can pass these: a message and status 1 before anything
+    is done (no traceback, no ValueError half-way)."""
+    assert main_said(args) == (1, "", f"linux_clone: {message}\n")
+
+
+@pytest.mark.parametrize("args", [["-f", "--", 1], ["-f", "--", b"true"]])
+def test_main_in_process_takes_str_items_only(args: List[Any]) -> None:
+    assert main_said(args)[0] == "TypeError"
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-w", "/no/such/dir", "true"],
+                                  ["--", "/no/such/program"], ["-f", "--", "/no/such/program"],
+                                  ["-f", "--", ""]])
+def test_main_in_process_with_stderr_closed(args: List[str]) -> None:
+    """Nothing goes to stdout instead; the status is 1, as unshare(1)'s once its message
+    could not be written."""
+    assert main_said(args, stderr="closed") == (1, "", "")
+
+
+def stderr_closed() -> None:
+    os.close(2)
+
+
+def stderr_full() -> None:
+    os.dup2(os.open("/dev/full", os.O_WRONLY), 2)
+
+
+@pytest.mark.parametrize("redirect", [stderr_closed, stderr_full])
+@pytest.mark.parametrize("args", [["--bogus"], ["-w", "/no/such/dir", "true"],
+                                  ["--", "/no/such/program"], ["-f", "--", "/no/such/program"],
+                                  ["--", ""], ["-f", "sh", "-c", "echo x; exit 5"]])
+def test_messages_never_go_to_stdout_as_unshare(util_linux_unshare: None, redirect: Any,
+                                                 args: List[str]) -> None:
+    """Started with 2>&- (or 2>/dev/full): no message on stdout, and unshare(1)'s status: 1
+    once a message could not be written (util-linux's close_stdout() at exit)."""
+    theirs, ours = both(*args, preexec_fn=redirect)
+    assert theirs[1:] == ("x\n" if "-f" in args and "sh" in args else "", "")
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("case", ["SIGKILL", "SIGTERM as pid 1"])
+def test_command_killed_where_unshare_cannot_kill_itself(request: Any, case: str) -> None:
+    """README (differences): when COMMAND dies of SIGKILL we die of it too, and as pid 1 of a
+    pid namespace (where the kernel drops a signal pid 1 sends itself) exit 128+N, without a
+    message; util-linux 2.38's unshare -f says "sigprocmask unblock failed" (its
+    signal(SIGKILL, SIG_DFL) is EINVAL; 2.40 dies of SIGKILL) or "child exit failed" (2.40
+    too), and exits 1."""
+    command = ["-f", "--", "sh", "-c", "kill -KILL $$" if case == "SIGKILL" else "kill -TERM $$"]
+    # As pid 1: the program under test runs in the pid namespace a CLI -p -f makes.
+    wrap: List[str] = []
+    if case != "SIGKILL":
+        request.getfixturevalue("privileged")
+        wrap = [sys.executable, "-m", "linux_clone", "-p", "-f", "--"]
+
+    def run(*argv: str) -> tuple:
+        result = subprocess.run([*wrap, *argv, *command], capture_output=True, text=True,
+                                env=python_env(), cwd="/", timeout=60)
+        return (result.returncode, result.stdout,
+                result.stderr.replace("unshare:", "linux_clone:"))
+
+    expected = (-signal.SIGKILL if case == "SIGKILL" else 128 + signal.SIGTERM, "", "")
+    assert run(sys.executable, "-m", "linux_clone") == expected
+    version = tuple(map(int, UNSHARE_VERSION.split(".")[:2])) if UNSHARE_VERSION else ()
+    if version < (2, 38):
+        return  # no util-linux 2.38 or later to compare with
+    theirs = run("unshare")
+    if case == "SIGKILL" and version >= (2, 40):
+        assert theirs == expected
+    else:
+        assert theirs[:2] == (1, "")
+        assert theirs[2].startswith("linux_clone: sigprocmask unblock failed: Invalid argument"
+                                    if case == "SIGKILL" else "linux_clone: child exit failed")
