@@ -454,7 +454,7 @@ cdef class entered:
     Only the calling thread moves; other threads keep theirs.  A user namespace cannot be
     left again and is refused; a pid namespace affects only children created inside the
     block; a mount namespace needs a thread that does not share its fs: with other threads
-    running, one is refused (OSError EINVAL) before any setns.  With a mount namespace,
+    running it fails with OSError(EINVAL) and nothing moves.  With a mount namespace,
     __exit__ also returns to the root and working directory the thread had (setns resets
     both); if that fails, __exit__ raises OSError naming the step.
     __exit__ goes back into every namespace it can; if the block closed or replaced an fd
