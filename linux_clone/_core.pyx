@@ -389,6 +389,9 @@ cdef extern from "_entered.h" nogil:
     void lc_thread_ns_forget()
     void lc_thread_ns_drop()
     int lc_thread_ns_kept()
+    # The root and working directory a mount namespace's setns resets, kept and returned to.
+    int lc_dir_open(const char *path, dev_t *dev, ino_t *ino)
+    int lc_dir_return(int root, int cwd, const char **step)
 
 
 # True in a clone(CLONE_FILES) child: its fd table is its parent's, kept fd included.
@@ -430,6 +433,10 @@ cdef int _ENTERABLE = (CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS 
                        | CLONE_NEWPID | CLONE_NEWTIME)
 _NO_USER_NS = "a user namespace cannot be left again; use clone() or spawn()"
 cdef int _REPLACED = -1  # _go_back's answer for a saved fd the block closed or replaced
+# With NEWNS, what entered() keeps besides the namespace: these directories, as the kernel
+# resolves them for the calling thread (its root, its working directory).
+_KEPT_DIRS = (b"/", b".")
+_KEPT_DIR_NAMES = ("root", "working directory")
 
 
 # The docstring starts with the signature as CPython's types carry it, for inspect.signature
@@ -446,13 +453,16 @@ cdef class entered:
     pid: enter these namespaces of process `pid` (through a pidfd) instead of `ns`.
     Only the calling thread moves; other threads keep theirs.  A user namespace cannot be
     left again and is refused; a pid namespace affects only children created inside the
-    block; a mount namespace needs a thread that does not share its fs (no other threads).
+    block; a mount namespace needs a thread that does not share its fs: with other threads
+    running it fails with OSError(EINVAL) and nothing moves.  With a mount namespace,
+    __exit__ also returns to the root and working directory the thread had (setns resets
+    both); if that fails, __exit__ raises OSError naming the step.
     __exit__ goes back into every namespace it can; if the block closed or replaced an fd
-    entered() keeps, that type stays entered and __exit__ raises RuntimeError.  __exit__
-    without an active __enter__ (one that failed undid itself) does nothing; on another thread
-    than the one that entered it raises RuntimeError and moves nothing.  Each thread
-    that uses entered() keeps one close-on-exec fd (a pidfd of itself on Linux 6.9+) from its
-    first use until it exits; no other fd outlives the block.
+    entered() keeps, that type (or directory) stays entered and __exit__ raises RuntimeError.
+    __exit__ without an active __enter__ (one that failed undid itself) does nothing; on
+    another thread than the one that entered it raises RuntimeError and moves nothing.  Each
+    thread that uses entered() keeps one close-on-exec fd (a pidfd of itself on Linux 6.9+)
+    from its first use until it exits; no other fd outlives the block.
     """
     cdef object ns
     cdef pid_t pid
@@ -466,6 +476,11 @@ cdef class entered:
     cdef int kinds[_MAX_SAVED]
     cdef dev_t devs[_MAX_SAVED]
     cdef ino_t inos[_MAX_SAVED]
+    # With NEWNS: O_PATH fds of _KEPT_DIRS (dir_count of them) and their identity.
+    cdef int dir_count
+    cdef int dirs[2]
+    cdef dev_t dir_devs[2]
+    cdef ino_t dir_inos[2]
 
     def __init__(self, ns=None, nstype=0, *, pid=None):
         cdef int c_nstype
@@ -493,6 +508,10 @@ cdef class entered:
             if lc_same_file(self.fds[i], self.devs[i], self.inos[i]):
                 close(self.fds[i])
         self.count = 0
+        for i in range(self.dir_count):
+            if lc_same_file(self.dirs[i], self.dir_devs[i], self.dir_inos[i]):
+                close(self.dirs[i])
+        self.dir_count = 0
 
     cdef int _save(self, int types) except -1:
         """Keep an fd of the calling thread's current namespace of each type in `types`."""
@@ -505,6 +524,13 @@ cdef class entered:
                     _raise_errno(errno, _THREAD_NS[kind])
                 self.fds[self.count], self.kinds[self.count] = fd, kind
                 self.count += 1
+        if types & CLONE_NEWNS:
+            for i in range(2):
+                fd = lc_dir_open(_KEPT_DIRS[i], &self.dir_devs[i], &self.dir_inos[i])
+                if fd == -1:
+                    _raise_errno(errno, _KEPT_DIRS[i].decode())
+                self.dirs[i] = fd
+                self.dir_count += 1
         return 0
 
     cdef int _go_back(self, int i) noexcept:
@@ -523,6 +549,30 @@ cdef class entered:
         close(fd)
         return 0 if rc == 0 else err
 
+    cdef int _return_to_dirs(self, bint back, int *which, const char **step) noexcept:
+        """Once back in the mount namespace (`back`), return to the kept root and working
+        directory; close their fds either way -- but one that no longer is that file.  0, an
+        errno (the step in *step), or _REPLACED (the directory in *which)."""
+        cdef int i, err = 0, fds[2]
+        step[0] = NULL
+        if self.dir_count == 0:
+            return 0
+        for i in range(2):
+            fds[i] = self.dirs[i]
+            if not lc_same_file(fds[i], self.dir_devs[i], self.dir_inos[i]):
+                fds[i] = -1
+                if err == 0:
+                    which[0], err = i, _REPLACED
+        if back:
+            i = lc_dir_return(fds[0], fds[1], step)
+            if err == 0:
+                err = i
+        for i in range(2):
+            if fds[i] >= 0:
+                close(fds[i])
+        self.dir_count = 0
+        return err
+
     def __enter__(self):
         cdef _Opened target
         cdef int rc, fd, types = self.nstype
@@ -535,7 +585,7 @@ cdef class entered:
             target = _Opened.of(fd, None)
         else:
             target = _fd_arg(self.ns, &fd)
-        self.count = 0
+        self.count = self.dir_count = 0
         try:
             if types == 0:
                 types = lc_ns_ioctl(fd, NS_GET_NSTYPE)
@@ -543,6 +593,13 @@ cdef class entered:
                     _raise_errno(errno, None if target is None else target.path)
                 if types == CLONE_NEWUSER:
                     raise ValueError(_NO_USER_NS)
+            if types & CLONE_NEWNS and types != CLONE_NEWNS and not lc_single_threaded():
+                # The kernel gives EINVAL for a mount namespace when the thread shares its fs,
+                # but not through a pidfd with other types too (Linux 5.8+, fs/nsproxy.c: that
+                # setns installs the new root and cwd in the shared fs, moving every thread),
+                # and then the way back is the EINVAL.  So that form gets it here, before any
+                # setns; NEWNS alone is left to the kernel's check, which is exact.
+                _raise_errno(EINVAL, None if target is None else target.path)
             self._save(types)
             if types & _MAY_BLOCK_ENTER:
                 with nogil:
@@ -562,7 +619,9 @@ cdef class entered:
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
-        cdef int i, err, failed = -1, failure = 0
+        cdef int i, err, failed = -1, failure = 0, which = 0
+        cdef bint mnt_back = False
+        cdef const char *step
         if not self.active:
             return None
         if PyThread_get_thread_ident() != self.thread:
@@ -573,10 +632,15 @@ cdef class entered:
         self.active = False
         for i in range(self.count - 1, -1, -1):
             err = self._go_back(i)
+            mnt_back |= err == 0 and self.kinds[i] == CLONE_NEWNS
             if err != 0 and failed == -1:
                 failed, failure = i, err
         self.count = 0
+        # A thread still in the entered mount namespace keeps its root and cwd: the kept
+        # ones belong to the other namespace.
+        err = self._return_to_dirs(mnt_back, &which, &step)
         if failed == -1:
+            self._raise_dirs(err, which, step)
             return None
         path = _THREAD_NS[self.kinds[failed]]
         if failure == _REPLACED:
@@ -585,6 +649,22 @@ cdef class entered:
                                f"the block; the thread is still in the entered "
                                f"{path.rpartition('/')[2]} namespace")
         _raise_errno(failure, path)
+
+    cdef int _raise_dirs(self, int err, int which, const char *step) except -1:
+        """_return_to_dirs's failure as __exit__'s exception."""
+        if err == 0:
+            return 0
+        if err == _REPLACED:
+            raise RuntimeError(f"entered(): fd {self.dirs[which]}, which kept the thread's "
+                               f"{_KEPT_DIR_NAMES[which]}, was closed or replaced inside the "
+                               f"block; the thread's {_KEPT_DIR_NAMES[which]} is still the "
+                               f"entered mount namespace's root")
+        try:
+            _raise_errno(err)
+        except OSError as exc:
+            exc.strerror = (f"{exc.strerror} (entered(): {step.decode()}, back from the mount "
+                            f"namespace)")
+            raise
 
 
 # ---- clone: the parent side ----

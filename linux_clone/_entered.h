@@ -1,4 +1,5 @@
-/* entered()'s way back: the calling thread's current namespace of one type, as a new fd.
+/* entered()'s way back: the calling thread's current namespace of one type, as a new fd (and,
+   for a mount namespace, its root and working directory: see lc_dir_open at the end).
 
    Fast path (Linux 6.11): ioctl(pidfd, PIDFD_GET_<TYPE>_NAMESPACE) on a pidfd of the calling
    thread (pidfd_open(tid, PIDFD_THREAD), Linux 6.9), about a tenth of the cost of opening
@@ -224,6 +225,44 @@ static inline int lc_thread_ns_open(int kind, dev_t *dev, ino_t *ino) {
     *dev = st.st_dev;
     *ino = st.st_ino;
     return fd;
+}
+
+/* setns(CLONE_NEWNS) sets the root and working directory to the namespace's root, on the way
+   in and on the way back alike (fs/namespace.c, mntns_install): without more, a block would
+   leave the program in "/", and a chrooted one outside its chroot.  So entered() keeps O_PATH
+   fds of both across the block and returns to them once back in its mount namespace. */
+
+/* A close-on-exec O_PATH fd of directory `path` and its identity; -1 with errno. */
+static inline int lc_dir_open(const char *path, dev_t *dev, ino_t *ino) {
+    struct stat st;
+    int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || lc_fstat_or_close(fd, &st) == -1)
+        return -1;
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    return fd;
+}
+
+/* Back to the root kept in fd `root`, then to the working directory kept in `cwd` (-1: leave
+   that one as it is): 0, or the errno of the first step that failed, named in *step.  A failed
+   root step does not skip the working directory's. */
+static inline int lc_dir_return(int root, int cwd, const char **step) {
+    int err = 0;
+    *step = NULL;
+    if (root >= 0) {
+        if (fchdir(root) == -1) {
+            err = errno;
+            *step = "fchdir to the kept root";
+        } else if (chroot(".") == -1) {
+            err = errno;
+            *step = "chroot to the kept root";
+        }
+    }
+    if (cwd >= 0 && fchdir(cwd) == -1 && err == 0) {
+        err = errno;
+        *step = "fchdir to the kept working directory";
+    }
+    return err;
 }
 
 #endif

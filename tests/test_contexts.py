@@ -761,18 +761,20 @@ def entered_pidns(ctx: Ctx) -> None:
 @call
 def entered_mnt(ctx: Ctx) -> None:
     # A mount namespace needs a thread that shares its fs with no other: EINVAL with
-    # threads (README), else in and back (here: the process's own mount namespace).
+    # threads (README), else in and back (here: the process's own mount namespace), and
+    # back in the working directory.  It keeps 3 fds: the namespace, the root, the cwd.
     fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
     try:
         before = thread_ns("mnt")
-        with ctx.guard(needs=1, allow=(errno.EINVAL,) if ctx.threaded else ()):
+        with ctx.guard(needs=3, allow=(errno.EINVAL,) if ctx.threaded else ()):
             with linux_clone.entered(ctx.fd(fd)):
                 expect(thread_ns("mnt") == before, "not in the target mount namespace")
             expect(not ctx.threaded, "entered a mount namespace with other threads running")
+            expect(os.path.samestat(os.stat("."), os.fstat(cwd)), "not back in the cwd")
         expect(thread_ns("mnt") == before, "not back after entered()")
     finally:
-        os.fchdir(cwd)  # setns(mnt) moves the thread to the namespace's root
+        os.fchdir(cwd)  # whatever happened: the next calls run where they ran before
         os.close(cwd)
         os.close(fd)
 

@@ -5,6 +5,7 @@ one each thread keeps for the way back."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -348,8 +349,11 @@ def test_a_failed_enter_keeps_no_fd() -> None:
         errors = []
         for block in [linux_clone.entered(f"/proc/{pid}/ns/net", linux_clone.NEWUTS),
                       linux_clone.entered(pid=pid, nstype=linux_clone.NEWNS | linux_clone.NEWNET),
+                      linux_clone.entered(f"/proc/{pid}/ns/mnt"),
                       linux_clone.entered(pid=dead_pid(), nstype=linux_clone.NEWNET)]:
-            # A thread shares the fs, so entering a mount namespace fails after the saving.
+            # A thread shares the fs: a mount namespace with other types is refused before
+            # anything is kept; alone, the kernel's setns refuses it after the saving (of the
+            # mount namespace, the root and the working directory).
             with pytest.raises(OSError) as info, running_threads(1):
                 with block:
                     pass
@@ -357,7 +361,166 @@ def test_a_failed_enter_keeps_no_fd() -> None:
         return [errors, open_fds() == before, thread_ns("net") != os.stat(
             f"/proc/{pid}/ns/net").st_ino]
     assert with_holder(linux_clone.NEWNET, body) == [
-        [errno.EINVAL, errno.EINVAL, errno.ESRCH], True, True]
+        [errno.EINVAL, errno.EINVAL, errno.EINVAL, errno.ESRCH], True, True]
+
+
+# ---- mount namespaces: the root and working directory, and threads ----
+
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def mount(source: Optional[bytes], target: bytes, fstype: Optional[bytes], flags: int = 0) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source, target, fstype, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def drop_effective_caps(*caps: int) -> None:
+    """Clear `caps` (numbers below 32) from the effective set; the rest stay."""
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    for cap in caps:
+        data[0].effective &= ~(1 << cap)
+    assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+
+
+def mount_block(how: str, pid: int) -> linux_clone.entered:
+    """entered() of `pid`'s mount namespace: its file alone, or with its UTS namespace through
+    a pidfd (the kernel's other path, which copies the fs)."""
+    if how == "path":
+        return linux_clone.entered(f"/proc/{pid}/ns/mnt")
+    return linux_clone.entered(pid=pid, nstype=linux_clone.NEWNS | linux_clone.NEWUTS)
+
+
+@pytest.mark.parametrize("how", ["path", "pid"])
+def test_a_mount_namespace_block_keeps_the_working_directory(
+        how: str, tmp_path: pathlib.Path) -> None:
+    # setns(NEWNS) moves the thread to the namespace's root, going in and coming back.
+    def body(pid: int) -> List[Any]:
+        home, target = thread_ns("mnt"), os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        os.chdir(tmp_path)
+        before = open_fds()
+        with mount_block(how, pid):
+            inside = [os.getcwd(), thread_ns("mnt") == target]
+        return inside + [os.getcwd(), thread_ns("mnt") == home, open_fds() == before]
+    assert with_holder(linux_clone.NEWNS | linux_clone.NEWUTS, body) == [
+        "/", True, str(tmp_path), True, True]
+
+
+@pytest.mark.parametrize("how", ["path", "pid"])
+def test_a_chrooted_program_stays_in_its_chroot(how: str, tmp_path: pathlib.Path) -> None:
+    def body(pid: int) -> List[Any]:
+        use_entered()  # the kept fd, made outside the chroot (before Linux 6.9: /proc's)
+        ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+        linux_clone.unshare(linux_clone.NEWNS)
+        mount(None, b"/", None, MS_REC | MS_PRIVATE)
+        jail = tmp_path / "jail"
+        (jail / "sub").mkdir(parents=True)
+        (jail / "proc").mkdir()
+        (jail / "IN_JAIL").touch()
+        mount(b"proc", bytes(jail / "proc"), b"proc")  # for the count of threads
+        os.chroot(jail)
+        os.chdir("/sub")
+        block = (linux_clone.entered(ns, linux_clone.NEWNS) if how == "path"
+                 else mount_block(how, pid))
+        with block:
+            inside = os.path.exists("/IN_JAIL")
+        return [inside, os.path.exists("/IN_JAIL"), os.getcwd()]
+    assert with_holder(linux_clone.NEWNS | linux_clone.NEWUTS, body) == [False, True, "/sub"]
+
+
+def test_a_mount_namespace_with_other_threads_is_refused_before_any_setns(
+        tmp_path: pathlib.Path) -> None:
+    # Through a pidfd with another type the kernel would let the thread in (and move every
+    # thread's root and cwd), then refuse the way back.
+    def body(pid: int) -> Dict[str, Any]:
+        home = {kind: thread_ns(kind) for kind in ("mnt", "uts")}
+        os.chdir(tmp_path)
+        before = open_fds()
+        pidfd = linux_clone.pidfd_open(pid)
+        both = linux_clone.NEWNS | linux_clone.NEWUTS
+        seen: Dict[str, Any] = {}
+        path = f"/proc/{pid}/ns/mnt"
+        for name, block, filename in [("pid", linux_clone.entered(pid=pid, nstype=both), None),
+                                      ("pidfd", linux_clone.entered(pidfd, both), None),
+                                      ("path", linux_clone.entered(path), path)]:
+            ran = []
+            with running_threads(1):
+                with pytest.raises(OSError) as info:
+                    with block:
+                        ran.append(os.getcwd())
+            seen[name] = [info.value.errno, info.value.filename == filename, ran]
+        os.close(pidfd)
+        seen["home"] = [thread_ns(kind) == home[kind] for kind in home]
+        seen["cwd, fds"] = [os.getcwd(), open_fds() == before]
+        return seen
+    refused = [errno.EINVAL, True, []]
+    assert with_holder(linux_clone.NEWNS | linux_clone.NEWUTS, body) == {
+        "pid": refused, "pidfd": refused, "path": refused, "home": [True, True],
+        "cwd, fds": [str(tmp_path), True]}
+
+
+def test_a_replaced_namespace_fd_still_returns_to_the_kept_directories(
+        tmp_path: pathlib.Path) -> None:
+    def body(pid: int) -> List[Any]:
+        home = thread_ns("mnt")
+        os.chdir(tmp_path)
+        before = open_fds()
+        with pytest.raises(RuntimeError, match="still in the entered uts namespace"):
+            with mount_block("pid", pid):
+                os.close(fds_entered_keeps(before)["uts"])
+        return [os.getcwd(), thread_ns("mnt") == home, open_fds() == before]
+    assert with_holder(linux_clone.NEWNS | linux_clone.NEWUTS, body) == [
+        str(tmp_path), True, True]
+
+
+@pytest.mark.parametrize("which", ["root", "working directory"])
+def test_a_kept_directory_fd_closed_in_the_block_is_an_error(
+        which: str, tmp_path: pathlib.Path) -> None:
+    # The other directory is still returned to; the closed one stays the namespace's root.
+    def body(pid: int) -> List[Any]:
+        home = thread_ns("mnt")
+        os.chdir(tmp_path)
+        before = open_fds()
+        with pytest.raises(RuntimeError, match=f"thread's {which}, was closed or replaced"):
+            with mount_block("path", pid):
+                kept = fds_entered_keeps(before)
+                os.close(kept["/" if which == "root" else str(tmp_path)])
+        return [os.getcwd(), thread_ns("mnt") == home, open_fds() == before]
+    cwd = str(tmp_path) if which == "root" else "/"
+    assert with_holder(linux_clone.NEWNS, body) == [cwd, True, True]
+
+
+def test_a_failed_return_to_the_working_directory_names_the_step(
+        tmp_path: pathlib.Path) -> None:
+    # Without the DAC capabilities, a directory of mode 0 cannot be the cwd (fchdir: EACCES),
+    # while the setns back needs only CAP_SYS_ADMIN and CAP_SYS_CHROOT.
+    def body(pid: int) -> List[Any]:
+        home = thread_ns("mnt")
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        os.chdir(locked)
+        before = open_fds()
+        with pytest.raises(OSError) as info:
+            with mount_block("path", pid):
+                locked.chmod(0)
+                drop_effective_caps(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)
+        return [info.value.errno, "fchdir to the kept working directory" in str(info.value),
+                thread_ns("mnt") == home, os.getcwd(), open_fds() == before]
+    try:
+        assert with_holder(linux_clone.NEWNS, body) == [errno.EACCES, True, True, "/", True]
+    finally:
+        (tmp_path / "locked").chmod(0o700)
 
 
 # ---- argument checks ----
