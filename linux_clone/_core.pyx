@@ -864,13 +864,17 @@ cdef int _way(unsigned long long flags, int exit_signal) except -1:
     cdef int pid_ns_moved
     if lc_single_threaded():
         return WAY_DIRECT
+    pid_ns_moved = lc_pid_ns_moved()
+    if pid_ns_moved and flags & CLONE_NEWPID:
+        # The kernel's answer to a direct clone (copy_pid_ns: a new pid namespace's parent
+        # must be the caller's own); the helper, in the moved namespace, would make one.
+        _raise_errno(EINVAL)
     if flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD:
         raise RuntimeError(
             "with other threads running, clone() can only make a child that exits with "
             "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
             "it clones from a forked helper, so that no lock another thread holds is "
             "inherited; clone before starting threads, or use the C-level API")
-    pid_ns_moved = lc_pid_ns_moved()
     if pid_ns_moved == -1:
         raise RuntimeError(
             "after unshare(NEWPID), with other threads running, clone() cannot make the init "
