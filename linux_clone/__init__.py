@@ -8,7 +8,7 @@ __version__ = "0.2.0.dev0"  # the one source of the version: pyproject.toml read
 import os
 # The C halves of operator, signal and threading: signal.py builds three enums at import.
 from _operator import index as _index
-from _signal import SIGCHLD as _SIGCHLD, SIGKILL as _SIGKILL
+from _signal import SIGCHLD as _SIGCHLD
 from _thread import allocate_lock as _allocate_lock
 
 from . import _core
@@ -159,26 +159,8 @@ def _map_entry(entry: object, name: str) -> list:
     return numbers
 
 
-def _write_maps(pid: int, uid_text: Optional[bytes], setgroups: Optional[str],
-                gid_text: Optional[bytes]) -> None:
-    """Write /proc/<pid>/uid_map, setgroups and gid_map, in the order the kernel needs; a
-    failure is an OSError whose filename is the file."""
-    for name, data in (("uid_map", uid_text),
-                       ("setgroups", None if setgroups is None else setgroups.encode()),
-                       ("gid_map", gid_text)):
-        if data is not None:
-            path = f"/proc/{pid}/{name}"
-            # Opened inside the try, so that a KeyboardInterrupt right after the open does not
-            # leak the fd (the interpreter runs signal handlers between statements).
-            fd = -1
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                os.write(fd, data)
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, path) from None
-            finally:
-                if fd != -1:
-                    os.close(fd)
+# spawn's before_start writes the maps with it too: no Python code between open and close.
+_write_maps = _core._write_maps
 
 
 def _check_setgroups(setgroups: Optional[str]) -> None:
@@ -186,12 +168,12 @@ def _check_setgroups(setgroups: Optional[str]) -> None:
         raise ValueError("setgroups must be 'allow', 'deny' or None")
 
 
-def _with_maps(start: Callable[..., Union[int, Tuple[int, int]]],
-               func: Callable[[], object], uid_map: Optional[IdMap], gid_map: Optional[IdMap],
-               setgroups: Optional[str], flags: int) -> Union[int, Tuple[int, int]]:
-    """Start a child with `start`, write its id maps from the parent while it waits on a
-    pipe, then let it run func.  A failure kills and reaps the child before it raises.
-    flags: the clone flags, converted already (start passes them on as they are)."""
+def _id_maps(func: Callable[[], object], uid_map: Optional[IdMap], gid_map: Optional[IdMap],
+             setgroups: Optional[str], flags: int) -> Tuple[Optional[bytes], Optional[str],
+                                                             Optional[bytes]]:
+    """What clone() and clone3() with id maps refuse before any child, then the maps as
+    _core takes them: the uid_map text, setgroups, the gid_map text.
+    flags: the clone flags, converted already."""
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     _check_setgroups(setgroups)
@@ -199,45 +181,12 @@ def _with_maps(start: Callable[..., Union[int, Tuple[int, int]]],
         raise ValueError("VFORK suspends the caller until the child execs or exits, so it "
                          "cannot write the child's id maps: drop VFORK or the maps")
     if flags & _FILES:
-        # The child would wait on a pipe whose write end it cannot close (the fd table is the
-        # caller's too): a parent that dies before writing the maps would leave it waiting.
+        # The child would wait on a socket whose other end it cannot close (the fd table is
+        # the caller's too): a parent that dies before writing the maps would leave it waiting.
         raise ValueError("FILES shares the fd table with the caller, so the child cannot wait "
                          "for its id maps: drop FILES or the maps")
-    uid_text = None if uid_map is None else _map_text(uid_map)
-    gid_text = None if gid_map is None else _map_text(gid_map)
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-
-    def child() -> object:
-        os.close(wfd)
-        go = os.read(rfd, 1)
-        os.close(rfd)
-        if go != b"1":
-            os._exit(127)
-        return func()
-
-    try:
-        result = start(child)
-    except BaseException:
-        os.close(rfd)
-        os.close(wfd)
-        raise
-    os.close(rfd)
-    pid = result[0] if isinstance(result, tuple) else result
-    try:
-        _write_maps(pid, uid_text, setgroups, gid_text)
-        os.write(wfd, b"1")
-    except BaseException:
-        os.kill(pid, _SIGKILL)
-        try:
-            os.waitpid(pid, WALL)
-        except ChildProcessError:  # with PARENT it is not ours to reap
-            pass
-        if isinstance(result, tuple):
-            os.close(result[1])
-        raise
-    finally:
-        os.close(wfd)
-    return result
+    return (None if uid_map is None else _map_text(uid_map), setgroups,
+            None if gid_map is None else _map_text(gid_map))
 
 
 def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD, *,
@@ -272,9 +221,15 @@ def clone(func: Callable[[], object], stack_size: int = 0, flags: int = _SIGCHLD
     if uid_map is None and gid_map is None and setgroups is None:
         return _core.clone(func, stack_size, flags)
     flags = _index(flags)  # once: _core takes an int as it is
-    # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
-    return _with_maps(lambda f, stack_size=stack_size, flags=flags: _core.clone(
-        f, stack_size, flags), func, uid_map, gid_map, setgroups, flags)
+    maps = _id_maps(func, uid_map, gid_map, setgroups, flags)
+    child: list[int] = []  # the child's pid and pidfd, once its maps are written
+    try:
+        return _core.clone(func, stack_size, flags, maps=maps, into=child)
+    except BaseException:
+        # A signal handler's exception (KeyboardInterrupt) between _core's return and ours
+        # would otherwise leave the child running, its pid and pidfd lost.
+        _core._discard(child)
+        raise
 
 
 def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SIGCHLD,
@@ -298,12 +253,14 @@ def clone3(func: Callable[[], object], flags: int = 0, *, exit_signal: int = _SI
         return _core.clone3(func, flags, exit_signal=exit_signal,
                             stack_size=stack_size, cgroup=cgroup, set_tid=set_tid)
     flags = _index(flags)  # once: _core takes an int as it is
-    # Defaults, not a closure: a closure's cells are made on every call, the fast path's too.
-    return _with_maps(lambda f, flags=flags, exit_signal=exit_signal, stack_size=stack_size,
-                      cgroup=cgroup, set_tid=set_tid: _core.clone3(
-                          f, flags, exit_signal=exit_signal, stack_size=stack_size,
-                          cgroup=cgroup, set_tid=set_tid),
-                      func, uid_map, gid_map, setgroups, flags)
+    maps = _id_maps(func, uid_map, gid_map, setgroups, flags)
+    child: list[int] = []  # as in clone()
+    try:
+        return _core.clone3(func, flags, exit_signal=exit_signal, stack_size=stack_size,
+                            cgroup=cgroup, set_tid=set_tid, maps=maps, into=child)
+    except BaseException:
+        _core._discard(child)
+        raise
 
 
 def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]],

@@ -1,6 +1,6 @@
 /* clone()'s private C: when the caller may clone directly, the forked helper's channel to the
-   caller when it may not (see _clone_from_fork in _core.pyx), and the child's move to its
-   dedicated stack.  Included by _core.pyx only; not in the wheel. */
+   caller when it may not (see _clone_from_fork in _core.pyx), the id maps' writes, and the
+   child's move to its dedicated stack.  Included by _core.pyx only; not in the wheel. */
 #ifndef LINUX_CLONE_CLONE_H
 #define LINUX_CLONE_CLONE_H
 
@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -164,6 +165,25 @@ static inline int lc_wait_go(int sock) {
         n = recv(sock, &go, 1, 0);
     while (n == -1 && errno == EINTR);
     return n == 1;
+}
+
+/* Write `data` to /proc/<pid>/<name> (an id map, setgroups) in one write, as the kernel
+   takes a map: 0, or -1 with errno.  Opened and closed here, so that no signal handler runs
+   (and raises) while the fd is open. */
+static inline int lc_write_proc(pid_t pid, const char *name, const char *data, size_t size) {
+    char path[64];
+    int fd, saved;
+    ssize_t n;
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) == -1)
+        return -1;
+    do
+        n = write(fd, data, size);
+    while (n == -1 && errno == EINTR);
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return n == -1 ? -1 : 0;
 }
 
 /* The clone child's exit and the caller's flush use borrowed references only: every

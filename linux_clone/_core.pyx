@@ -680,6 +680,7 @@ cdef extern from "_clone.h" nogil:
     int lc_recv_report(int sock, int block, int *value, int *fd, int *lost, pid_t *sender)
     void lc_send_go(int sock)
     bint lc_wait_go(int sock)
+    int lc_write_proc(pid_t pid, const char *name, const char *data, size_t size)
     # The child's stack as AddressSanitizer must see it (no-ops without ASan).
     void lc_unpoison(void *addr, size_t size)
     void lc_stack_switch_start(const void *bottom, size_t size)
@@ -755,7 +756,8 @@ cdef pid_t _raw_clone(unsigned long long flags, int exit_signal, lc_clone_args *
 
 cdef void _reap(pid_t pid) noexcept nogil:
     cdef int status
-    while waitpid(pid, &status, 0) == -1 and errno == EINTR:
+    # __WALL: a clone child may exit with another signal than SIGCHLD, or none.
+    while waitpid(pid, &status, WALL) == -1 and errno == EINTR:
         pass
 
 
@@ -846,6 +848,73 @@ cdef int _read_reports(int sock, bint pid_ns_moved, int *pidfd, int *lost,
     return value
 
 
+cpdef int _write_maps(pid_t pid, bytes uid_text, str setgroups, bytes gid_text) except -1:
+    """Write /proc/<pid>/uid_map, setgroups and gid_map (None: not written), in the order the
+    kernel needs; a failure is an OSError whose filename is the file."""
+    if uid_text is not None:
+        _write_proc(pid, b"uid_map", uid_text)
+    if setgroups is not None:
+        _write_proc(pid, b"setgroups", setgroups.encode())
+    if gid_text is not None:
+        _write_proc(pid, b"gid_map", gid_text)
+    return 0
+
+
+cdef int _write_proc(pid_t pid, const char *name, bytes data) except -1:
+    cdef int err
+    if lc_write_proc(pid, name, data, len(data)) == -1:
+        err = errno
+        _raise_errno(err, f"/proc/{pid}/{name.decode()}")
+    return 0
+
+
+cdef class _MapsGate:
+    """The socket pair on which a clone child waits until the caller has written its id maps:
+    sock[0] the caller's end, sock[1] the child's.  Both are closed when the gate goes, so a
+    _clone that raises at any point leaves neither open."""
+    cdef int sock[2]
+
+    def __cinit__(self):
+        self.sock[0] = self.sock[1] = -1
+        if lc_report_pair(self.sock, False) == -1:
+            _raise_errno(errno)
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept nogil:
+        cdef int i
+        for i in range(2):
+            if self.sock[i] >= 0:
+                close(self.sock[i])
+                self.sock[i] = -1
+
+    cdef void wait(self) noexcept nogil:
+        """In the child, before any Python code: on the caller's word go on, else (the maps
+        failed, or the caller died) _exit(127)."""
+        close(self.sock[0])
+        if not lc_wait_go(self.sock[1]):
+            _exit(127)
+        close(self.sock[1])
+
+    cdef int give(self, pid_t pid, int pidfd, tuple maps) except -1:
+        """In the caller: write the child's maps and give it the word; if a write fails, kill
+        and reap the child and close its pidfd first.  No Python code runs from the clone to
+        here, so no signal handler's exception can lose the child."""
+        try:
+            _write_maps(pid, maps[0], maps[1], maps[2])
+        except BaseException:
+            c_kill(pid, SIGKILL)
+            with nogil:
+                _reap(pid)  # ECHILD with PARENT: then the child is not ours to reap
+            if pidfd >= 0:
+                close(pidfd)
+            raise
+        lc_send_go(self.sock[0])
+        self.release()
+        return 0
+
+
 cdef int _check_clone(object func, Py_ssize_t stack_size, unsigned long long flags,
                       int exit_signal) except -1:
     """What clone() and clone3() refuse before anything else."""
@@ -875,13 +944,17 @@ cdef int _way(unsigned long long flags, int exit_signal) except -1:
     cdef int pid_ns_moved
     if lc_single_threaded():
         return WAY_DIRECT
+    pid_ns_moved = lc_pid_ns_moved()
+    if pid_ns_moved and flags & CLONE_NEWPID:
+        # The kernel's answer to a direct clone (copy_pid_ns: a new pid namespace's parent
+        # must be the caller's own); the helper, in the moved namespace, would make one.
+        _raise_errno(EINVAL)
     if flags & _SHARES_WITH_CALLER or exit_signal != SIGCHLD:
         raise RuntimeError(
             "with other threads running, clone() can only make a child that exits with "
             "SIGCHLD and shares nothing with the caller (no FILES, FS, SYSVSEM, IO, PARENT): "
             "it clones from a forked helper, so that no lock another thread holds is "
             "inherited; clone before starting threads, or use the C-level API")
-    pid_ns_moved = lc_pid_ns_moved()
     if pid_ns_moved == -1:
         raise RuntimeError(
             "after unshare(NEWPID), with other threads running, clone() cannot make the init "
@@ -891,16 +964,22 @@ cdef int _way(unsigned long long flags, int exit_signal) except -1:
 
 
 cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
-                   int exit_signal, lc_clone_args *args, int opened_fd=-1):
+                   int exit_signal, lc_clone_args *args, int opened_fd=-1, tuple maps=None,
+                   list into=None):
     """The common part of clone() and clone3(): checks, the fork protocol of the interpreter,
     the syscall, and the result (pid, or (pid, pidfd) with CLONE_PIDFD).  opened_fd: an fd
-    opened for this call, which the child closes first (the caller closes its own)."""
+    opened for this call, which the child closes first (the caller closes its own).  maps:
+    the id maps (uid_map, setgroups, gid_map) to write while the child waits.  into: a list
+    that gets the pid and pidfd (-1 without) before the return, for _discard."""
     cdef _Stack stack = None
+    cdef _MapsGate gate = None
     cdef int way, pidfd = -1, err = 0
     cdef pid_t pid
     _check_clone(func, stack_size, flags, exit_signal)
     if stack_size > 0:
         stack = _Stack(stack_size)
+    if maps is not None:
+        gate = _MapsGate()
     # What the parent has buffered must not be written again by the child.
     lc_flush_std(<PyObject *>_sys_dict, <PyObject *>_STD_STREAMS, <PyObject *>"flush", True)
     PyOS_BeforeFork()
@@ -918,20 +997,27 @@ cdef object _clone(object func, Py_ssize_t stack_size, unsigned long long flags,
     if pid == 0:
         # The child returns here on its copy of this frame, so it reads these as locals.
         # With a shared fd table the caller's close is the only one.
+        if gate is not None:
+            gate.wait()
         _child_start(func, stack.base + _page_size if stack is not None else NULL,
                      stack.length - _page_size if stack is not None else 0,
                      opened_fd if not flags & CLONE_FILES else -1, (flags & CLONE_FILES) != 0)
     PyOS_AfterFork_Parent()
     if pid == -1:
         _raise_errno(err)
+    if gate is not None:
+        gate.give(pid, pidfd, maps)
+    if into is not None:
+        into.extend((pid, pidfd))
     if flags & CLONE_PIDFD:
         return (pid, pidfd)
     return pid
 
 
-def clone(func, stack_size=0, flags=SIGCHLD):
+def clone(func, stack_size=0, flags=SIGCHLD, *, tuple maps=None, list into=None):
     """Create a child process as clone(2) does and call func() in it; return its pid
-    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone adds the id maps."""
+    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone checks and converts
+    the id maps (maps: uid_map and gid_map text, setgroups) and passes `into` (see _clone)."""
     cdef unsigned long long c_flags = _index(flags)
     cdef unsigned long long ns_flags = c_flags & ~CSIGNAL
     cdef int exit_signal = <int>(c_flags & CSIGNAL & ~CLONE_NEWTIME)
@@ -944,8 +1030,8 @@ def clone(func, stack_size=0, flags=SIGCHLD):
         memset(&args, 0, sizeof(args))
         return _clone(func, _index(stack_size),
                       (ns_flags | (c_flags & CLONE_NEWTIME)) & ~CLONE_DETACHED,
-                      exit_signal, &args)
-    return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL)
+                      exit_signal, &args, -1, maps, into)
+    return _clone(func, _index(stack_size), ns_flags, exit_signal, NULL, -1, maps, into)
 
 
 # ---- clone: the child side ----
@@ -1069,9 +1155,10 @@ cdef void _child_main(object func) noexcept:
 MAX_PID_NS_LEVEL = 32  # the kernel's limit on nested pid namespaces, so on set_tid's length
 
 
-def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set_tid=()):
+def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set_tid=(),
+           tuple maps=None, list into=None):
     """Create a child process as clone3(2) does and call func() in it; return its pid
-    ((pid, pidfd) with PIDFD).  The internal form; linux_clone.clone3 adds the id maps."""
+    ((pid, pidfd) with PIDFD).  The internal form; maps and into as for clone()."""
     cdef unsigned long long c_flags = _index(flags)
     cdef int c_exit_signal = _index(exit_signal)
     cdef Py_ssize_t c_stack_size = _index(stack_size)
@@ -1106,7 +1193,7 @@ def clone3(func, flags=0, *, exit_signal=SIGCHLD, stack_size=0, cgroup=None, set
         c_flags |= CLONE_INTO_CGROUP
     try:
         return _clone(func, c_stack_size, c_flags, c_exit_signal, &args,
-                      group.fd if group is not None else -1)
+                      group.fd if group is not None else -1, maps, into)
     except OSError as exc:
         if group is None or exc.filename is not None:
             raise

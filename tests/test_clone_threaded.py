@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Tuple
 import pytest
 
 import linux_clone
-from linux_clone import FILES, NEWPID, PIDFD
+from linux_clone import FILES, NEWPID, NEWUSER, PIDFD
 from conftest import drop_privileges, in_child, running_threads
 
 SIGCHLD = signal.SIGCHLD
@@ -217,6 +217,44 @@ def test_threaded_clone_after_unshare_newpid_is_a_clear_error(privileged: None) 
 
     message, code, same_fds, children = in_child(attempt)
     assert code == 11 and same_fds and children == []
+
+
+NEWPID_CALLS = {
+    "clone": lambda: linux_clone.clone(lambda: 0, 0, NEWPID | SIGCHLD),
+    "clone maps": lambda: linux_clone.clone(lambda: 0, 0, NEWPID | NEWUSER | SIGCHLD,
+                                            uid_map="0 0 1"),
+    "clone3": lambda: linux_clone.clone3(lambda: 0, NEWPID, exit_signal=SIGCHLD),
+    "spawn": lambda: linux_clone.spawn(["true"], NEWPID),
+}
+
+
+def newpid_in_entered_pid_ns(how: str, threads: int) -> Any:
+    """NEWPID inside entered(pid=holder, NEWPID): the error (or "started"), whether the fds
+    are as before and whether the holder is the only child."""
+    holder = linux_clone.clone(signal.pause, 0, NEWPID | SIGCHLD)
+    try:
+        with running_threads(threads):
+            with linux_clone.entered(pid=holder, nstype=NEWPID):
+                before = open_fds()  # entered() keeps an fd of its own
+                try:
+                    NEWPID_CALLS[how]()
+                except OSError as exc:
+                    result = errno.errorcode[exc.errno]
+                else:
+                    result = "started"
+                same_fds = open_fds() == before
+        return result, same_fds, my_children() == [holder]
+    finally:
+        end_holder(holder)
+
+
+@pytest.mark.parametrize("how", list(NEWPID_CALLS))
+@pytest.mark.parametrize("threads", [0, 1], ids=["single", "threaded"])
+def test_newpid_in_entered_pid_ns_is_einval_as_the_kernel_says(how: str, threads: int,
+                                                               privileged: None) -> None:
+    # copy_pid_ns refuses a new pid namespace when the caller's children go to another one
+    # than its own; the forked helper (threaded), in that other one, made a nested one.
+    assert in_child(newpid_in_entered_pid_ns, how, threads) == ("EINVAL", True, True)
 
 
 # ---- pidfds, SIGCHLD handling and signals ----

@@ -388,6 +388,9 @@ def _orphaned_while_waiting_for_maps(how: str) -> List[Any]:
             os.write(w, b"%d\n" % pid)
             os._exit(0)  # the maps are never written
         linux_clone._write_maps = die  # type: ignore[assignment]
+        # clone and clone3 write the maps in C, after the fork hooks: die in one.
+        os.register_at_fork(after_in_parent=lambda: die(int(open(
+            f"/proc/self/task/{os.getpid()}/children").read().split()[0])))
         if how == "spawn":
             linux_clone.spawn(["/bin/true"], linux_clone.NEWUSER, uid_map="0 0 1")
         else:

@@ -799,35 +799,6 @@ def test_wait_and_run_after_a_chroot_import_nothing(privileged: None, tmp_path: 
         "subprocess TimeoutExpired", "subprocess CalledProcessError"]
 
 
-def map_fds() -> List[str]:
-    """The fds open on a /proc/<pid>/ id map file."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.endswith(("/uid_map", "/gid_map", "/setgroups")):
-            found.append(target)
-    return found
-
-
-def test_id_maps_interrupted_at_any_line_leak_no_fd(privileged: None) -> None:
-    def case() -> Tuple[int, List[str]]:
-        def start() -> None:
-            pid = linux_clone.clone(lambda: 0, 0, NEWUSER | signal.SIGCHLD, uid_map="0 0 1",
-                                    gid_map="0 0 1", setgroups="deny")
-            os.waitpid(pid, 0)  # type: ignore[arg-type]
-
-        k = 0
-        while interrupted([linux_clone._write_maps], k + 1, start):
-            k += 1
-        return k, map_fds()
-
-    lines, leaked = in_child(case)
-    assert lines >= 6 and leaked == []
-
-
 def test_popen_interrupted_at_any_line_keeps_its_child_and_leaks_no_fd() -> None:
     """A ^C anywhere in Popen(): its child, once started, is kept for the next Popen to reap
     (as subprocess keeps it), and every fd opened for it is closed."""
