@@ -971,6 +971,99 @@ def test_keyboard_interrupt_while_starting_leaves_no_child_or_pidfd(privileged: 
         "spawn ok True", "spawn stdout ok True", "spawn maps ok True", "run ok True"]
 
 
+# As INTERRUPT_EVERYWHERE, with stdio fds (pipes, DEVNULL, the parent's file objects): after
+# each KeyboardInterrupt no fd may be left open that was not before, and no child.  The
+# interrupt also comes at C calls' call events, as a signal handler's can on 3.9 (between
+# any two bytecodes there).
+INTERRUPT_WITH_PIPES = r"""
+import gc, os, subprocess, sys
+import linux_clone
+from linux_clone import DEVNULL, PIPE, _process
+
+def fds():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add((name, os.readlink("/proc/self/fd/" + name)))
+        except OSError:
+            pass  # the listing's own fd
+    return found
+
+def leftovers(before):
+    try:
+        child = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        child = None
+    return sorted(fds() - before), child and child.si_pid
+
+def interrupt_at(k, call):
+    events = [0]
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "return" and (
+                code is linux_clone.spawn.__code__ or code is linux_clone.Popen.__init__.__code__):
+            sys.setprofile(None)  # started: the child is the caller's (Popen's)
+            return
+        if events[0] == k:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        events[0] += 1
+    sys.setprofile(profile)
+    try:
+        return call()
+    finally:
+        sys.setprofile(None)
+
+def sweep(name, call, done):
+    before = fds()
+    for k in range(100000):
+        try:
+            result = interrupt_at(k, call)
+        except KeyboardInterrupt:
+            pass  # checked below, once the traceback's frames are gone
+        else:
+            done(result)
+            assert leftovers(before) == ([], None), leftovers(before)
+            print(name, "ok", k >= 3)
+            return
+        gc.collect()
+        _process._cleanup()
+        if leftovers(before) != ([], None):
+            print(name, k, leftovers(before))
+            return
+
+def wait(proc):
+    with proc:  # closes the pidfd
+        proc.communicate()
+
+def reap(result):
+    pid, pidfd = result
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+
+env = {"PATH": os.environ["PATH"]}  # os.environ would add some 800 events to each call
+pipes = dict(stdin=PIPE, stdout=PIPE, stderr=PIPE)
+sweep("Popen", lambda: linux_clone.Popen(["true"], env=env, **pipes), wait)
+sweep("Popen text", lambda: linux_clone.Popen(["true"], env=env, text=True, **pipes), wait)
+sweep("Popen devnull", lambda: linux_clone.Popen(["true"], env=env, stdin=DEVNULL,
+                                                 stdout=PIPE, stderr=DEVNULL), wait)
+sweep("run", lambda: linux_clone.run(["true"], env=env, input=b"x", capture_output=True),
+      lambda result: None)
+sweep("spawn devnull", lambda: linux_clone.spawn(["true"], env=env, stdin=DEVNULL, pidfd=True),
+      reap)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_keyboard_interrupt_while_starting_with_pipes_leaves_no_fd_or_child(
+        privileged: None) -> None:
+    result = run_python(INTERRUPT_WITH_PIPES, timeout=280)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "Popen ok True", "Popen text ok True", "Popen devnull ok True", "run ok True",
+        "spawn devnull ok True"]
+
+
 def test_timeouts_beyond_poll_range_as_subprocess() -> None:
     """Beyond poll()'s INT_MAX ms (24.8 days) and inf: subprocess waits, so do we (and
     communicate() with pipes, an OverflowError in subprocess, waits too)."""
@@ -1037,3 +1130,79 @@ def test_env_needs_items_only() -> None:
     assert result.stdout == b"1\n"
     with pytest.raises(AttributeError):
         subprocess.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath))
+
+
+class FilenoReturns:
+    """A stdio object whose fileno() returns (or raises) `value`."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"fileno() -> {self.value!r}"
+
+
+class Index:
+    def __index__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "Index(1)"
+
+
+class NoFileno:
+    def __repr__(self) -> str:
+        return "NoFileno()"
+
+
+# (the stdout object, subprocess.Popen's exception, ours; None: the program runs)
+ODD_STDOUTS = [
+    # As subprocess: fileno() goes through __index__.
+    (FilenoReturns("1"), "TypeError", "TypeError"),
+    (FilenoReturns(b"1"), "TypeError", "TypeError"),
+    (FilenoReturns(1.0), "TypeError", "TypeError"),
+    (FilenoReturns(None), "TypeError", "TypeError"),
+    (FilenoReturns(True), None, None),
+    (FilenoReturns(Index()), None, None),
+    (FilenoReturns(2**31), "OverflowError", "OverflowError"),
+    (FilenoReturns(2**64), "OverflowError", "OverflowError"),
+    (FilenoReturns(1000), "OSError", "OSError"),  # not open: EBADF
+    (FilenoReturns(OSError(errno.EBADF, "raised")), "OSError", "OSError"),
+    (FilenoReturns(ValueError("raised")), "ValueError", "ValueError"),
+    # Differs, as the README says: a negative fd is a ValueError (subprocess: -1 is the
+    # caller's stdout, another an EBADF from the child), a non-file a TypeError.
+    (FilenoReturns(-1), None, "ValueError"),
+    (FilenoReturns(-2), "OSError", "ValueError"),
+    (NoFileno(), "AttributeError", "TypeError"),
+    (1.5, "AttributeError", "TypeError"),
+]
+
+
+@pytest.mark.parametrize("stdout, theirs, ours", ODD_STDOUTS, ids=repr)
+def test_odd_stdio_objects_raise_as_subprocess(stdout: Any, theirs: Any, ours: Any) -> None:
+    """Popen, run and spawn raise the same exception class for each, with no fd left (the
+    stdin pipe, made first, closed again); subprocess's class, unless the README says."""
+    def case(module: Any) -> List[Any]:
+        calls = [lambda: module.Popen(["true"], stdin=module.PIPE, stdout=stdout).wait(),
+                 lambda: module.run(["true"], stdin=module.DEVNULL, stdout=stdout)]
+        if module is linux_clone:
+            calls.append(lambda: os.waitpid(module.spawn(["true"], stdin=module.DEVNULL,
+                                                         stdout=stdout), 0))
+        before = fd_count()
+        raised = []
+        for call in calls:
+            try:
+                call()
+                raised.append(None)
+            except Exception as exc:
+                raised.append(type(exc).__name__)
+        return [raised, fd_count() - before]
+
+    theirs_raised, _ = in_child(case, subprocess)
+    assert theirs_raised == [theirs] * 2
+    assert in_child(case, linux_clone) == [[ours] * 3, 0]
