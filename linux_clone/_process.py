@@ -188,8 +188,7 @@ class Popen:
         self.stdout: Optional[IO[Any]] = None
         self.stderr: Optional[IO[Any]] = None
         self.pid = -1
-        self.pidfd: Optional[int] = None
-        self._pidfd = [-1]  # the pidfd, for _core._close
+        self._pidfd = [-1]  # pidfd's value (-1: None), a list that _core._close empties
         self.encoding, self.errors = encoding, errors
         self.text_mode = bool(text or encoding or errors)
         self._waitlock = threading.Lock()      # held by whoever reaps (as subprocess's)
@@ -222,8 +221,7 @@ class Popen:
             handles.close_child()
             # Last: from here the child is the Popen's (__del__, wait, kill).
             self.pid, pidfd = child
-            self.pidfd = None if pidfd == -1 else pidfd  # None: Linux < 5.3
-            self._pidfd[0] = pidfd
+            self._pidfd[0] = pidfd  # -1: Linux < 5.3
             self._child_created = True
         except BaseException:
             # A signal handler's exception (KeyboardInterrupt) once the child exists: the
@@ -245,6 +243,15 @@ class Popen:
     # types.
     if not TYPE_CHECKING:
         __class_getitem__ = classmethod(type(list[int]))
+
+    @property
+    def pidfd(self) -> Optional[int]:
+        fd = self._pidfd[0]
+        return None if fd == -1 else fd
+
+    @pidfd.setter
+    def pidfd(self, value: Optional[int]) -> None:
+        self._pidfd[0] = -1 if value is None else value
 
     @property
     def universal_newlines(self) -> bool:
@@ -301,8 +308,10 @@ class Popen:
             if self.returncode is not None:
                 self._close_pidfd()
 
+    _child_created = False  # also when __init__ raised before setting it
+
     def __del__(self) -> None:
-        if not getattr(self, "_child_created", False):
+        if not self._child_created:  # an attribute, no call: no signal handler runs here
             return
         # First: whatever a signal handler's exception cuts short below (it is only printed
         # here), the next Popen's _cleanup reaps the child and closes the pidfd.  __del__ runs
@@ -325,7 +334,6 @@ class Popen:
     def _close_pidfd(self) -> None:
         with self._waitlock:
             _core._close(self._pidfd)
-            self.pidfd = None
 
     # ---- waiting ----
 

@@ -78,7 +78,7 @@ def test_spawn_devnull_and_fd(tmp_path: Any) -> None:
     ({"pass_fds": [2**31]}, ValueError),
     ({"pass_fds": [3.0]}, TypeError),
     ({"umask": 2**31}, OverflowError),
-    ({"stdin": "not a file"}, AttributeError),
+    ({"stdin": "not a file"}, TypeError),  # subprocess: AttributeError
 ])
 def test_spawn_bad_stdio_options_raise_before_any_child(kwargs: Dict[str, Any],
                                                         exc_type: type) -> None:
@@ -1206,3 +1206,115 @@ def test_odd_stdio_objects_raise_as_subprocess(stdout: Any, theirs: Any, ours: A
     theirs_raised, _ = in_child(case, subprocess)
     assert theirs_raised == [theirs] * 2
     assert in_child(case, linux_clone) == [[ours] * 3, 0]
+
+
+# A Popen dropped (its __del__) or reaped by the next Popen (_cleanup) with KeyboardInterrupt
+# at each profiled event in turn: its pidfd is closed and its child reaped once _cleanup has
+# run (__del__ only prints its exception, and runs once).
+INTERRUPT_DROPPED = r"""
+import _thread, gc, os, sys, time
+import linux_clone
+from linux_clone import PIPE, _process
+
+def pidfds():
+    found = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink("/proc/self/fd/" + name) == "anon_inode:[pidfd]"
+        except OSError:
+            pass  # the listing's own fd
+    return found
+
+def leftovers():
+    gc.collect()
+    for _ in range(1000):  # the exited children still in _active
+        _process._cleanup()
+        if not _process._active:
+            break
+        time.sleep(0.01)
+    try:
+        child = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        child = None
+    return pidfds(), child and child.si_pid
+
+def exited(proc):
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+
+def interrupt_at(k, call):
+    events = [0]
+    def profile(frame, event, arg):
+        # Not covered: __del__'s start, to its first call (_active.append), where nothing
+        # keeps the Popen yet (3.10+ runs a handler there only as __del__ starts); the
+        # wait lock, held for good by an interrupt as _internal_poll's acquire() returns (as
+        # subprocess's) or before a with's __exit__ call (3.9).
+        code, owner = frame.f_code, getattr(arg, "__self__", None)
+        if code is interrupt_at.__code__ or code is _process.Popen._internal_poll.__code__ or (
+                event == "c_call" and isinstance(owner, _thread.LockType)) or (
+                code is _process.Popen.__del__.__code__ and (
+                    event == "call" or (event == "c_call" and owner is _process._active))):
+            return
+        if events[0] == k:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        events[0] += 1
+    sys.setprofile(profile)
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    return events[0] == k  # reached: interrupted
+
+def sweep(name, prepare, call):
+    for k in range(100000):
+        held = prepare()
+        interrupted = interrupt_at(k, lambda: call(held))
+        del held  # what an interrupt kept from dropping
+        if not interrupted:
+            print(name, "ok", k >= 3, leftovers())
+            return
+        if leftovers() != (0, None):
+            print(name, k, leftovers())
+            return
+
+def waited():
+    proc = linux_clone.Popen(["true"], env=env)
+    proc.wait()  # reaped, its pidfd still open
+    return [proc]
+
+def running():
+    proc = linux_clone.Popen(["cat"], env=env, stdin=PIPE)
+    stdin, proc.stdin = proc.stdin, None
+    return [proc, stdin]
+
+def drop(held):
+    held.pop(0)  # __del__
+
+def drop_running(held):
+    exit_later = held[1]  # cat exits as the pipe closes: after its Popen is dropped
+    drop(held)
+    exit_later.close()
+
+def reap_in_cleanup(held):
+    proc = held[0]
+    drop_running(held)
+    exited(proc)
+    del proc
+    _process._cleanup()
+
+sys.unraisablehook = lambda unraisable: None  # __del__'s KeyboardInterrupt
+env = {"PATH": os.environ["PATH"]}
+sweep("del waited", waited, drop)
+sweep("del running", running, drop_running)
+sweep("cleanup", running, reap_in_cleanup)
+"""
+
+
+def test_keyboard_interrupt_in_a_dropped_popen_leaves_no_pidfd_or_child() -> None:
+    result = run_python(INTERRUPT_DROPPED, timeout=170)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "del waited ok True (0, None)", "del running ok True (0, None)",
+        "cleanup ok True (0, None)"]
