@@ -338,10 +338,10 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     child: list[int] = []  # the child's pid and pidfd, once it exists
     opened: list[int] = []  # the fds opened for its stdio (DEVNULL), until closed
     try:
-        return _spawn(child, opened, argv, flags, env=env, cwd=cwd, uid_map=uid_map, gid_map=gid_map,
-                      hostname=hostname, loopback=loopback, pidfd=pidfd, stdin=stdin,
-                      stdout=stdout, stderr=stderr, pass_fds=pass_fds, close_fds=close_fds,
-                      start_new_session=start_new_session, umask=umask)
+        return _spawn(child, opened, argv, flags, env=env, cwd=cwd, uid_map=uid_map,
+                      gid_map=gid_map, hostname=hostname, loopback=loopback, pidfd=pidfd,
+                      stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+                      close_fds=close_fds, start_new_session=start_new_session, umask=umask)
     except BaseException:
         # A signal handler's exception (KeyboardInterrupt) between the clone and our return
         # would otherwise leave the child running, its pid and pidfd lost (or an fd open).

@@ -215,6 +215,7 @@ class Popen:
             # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
             stdio = handles.child_stdio()
+            # [] for what _spawn opens: nothing, the stdio here are fds.
             _spawn(child, [], argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                    pass_fds=pass_fds, close_fds=close_fds, start_new_session=start_new_session,
                    umask=umask, pidfd=True, **spawn_options)

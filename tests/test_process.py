@@ -835,9 +835,7 @@ def test_popen_interrupted_at_any_line_keeps_its_child_and_leaks_no_fd() -> None
         import gc
         import time
 
-        # Not _open_pipes: it clears an fd's slot the line before io.open takes the fd, where
-        # CPython 3.10+ runs no signal handler (3.9 may, between any two instructions).
-        funcs = [linux_clone.Popen.__init__]
+        funcs = [linux_clone.Popen.__init__, linux_clone.Popen._open_pipes]
         children = f"/proc/self/task/{os.getpid()}/children"
         before = sorted(os.listdir("/proc/self/fd"))
         problems: List[Any] = []
