@@ -293,6 +293,7 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
     for chdir, and the message names any other step.
     """
     child: list[int] = []  # the child's pid and pidfd, once it exists
+    opened: list[int] = []  # the fds opened for its stdio (DEVNULL), until closed
     try:
         if (uid_map is None and gid_map is None and stdin is None and stdout is None
                 and stderr is None):
@@ -303,24 +304,25 @@ def spawn(argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[byte
                                loopback=loopback, pidfd=pidfd, pass_fds=pass_fds,
                                close_fds=close_fds, start_new_session=start_new_session,
                                umask=umask, into=child)
-        return _spawn(child, argv, flags, env=env, cwd=cwd, uid_map=uid_map, gid_map=gid_map,
-                      hostname=hostname, loopback=loopback, pidfd=pidfd, stdin=stdin,
-                      stdout=stdout, stderr=stderr, pass_fds=pass_fds, close_fds=close_fds,
-                      start_new_session=start_new_session, umask=umask)
+        return _spawn(child, opened, argv, flags, env=env, cwd=cwd, uid_map=uid_map,
+                      gid_map=gid_map, hostname=hostname, loopback=loopback, pidfd=pidfd,
+                      stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+                      close_fds=close_fds, start_new_session=start_new_session, umask=umask)
     except BaseException:
         # A signal handler's exception (KeyboardInterrupt) between the clone and our return
-        # would otherwise leave the child running, its pid and pidfd lost.
-        _core._discard(child)
+        # would otherwise leave the child running, its pid and pidfd lost (or an fd open).
+        _core._discard(child, opened)
         raise
 
 
-def _spawn(child: list[int], argv: Sequence[Union[str, bytes, "os.PathLike[str]",
-                                                   "os.PathLike[bytes]"]],
+def _spawn(child: list[int], opened: list[int],
+           argv: Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]],
            flags: int, *, uid_map: Optional[IdMap] = None, gid_map: Optional[IdMap] = None,
            stdin: object = None, stdout: object = None, stderr: object = None,
            **options: Any) -> Union[int, Tuple[int, int]]:
-    """spawn(), putting the child's pid and pidfd in `child` as soon as it exists, for the
-    caller to _core._discard if it cannot hand them on (Popen uses it too)."""
+    """spawn(), putting the child's pid and pidfd in `child` as soon as it exists and the fds
+    it opens for the child's stdio in `opened` (closed again here), for the caller to
+    _core._discard if it cannot hand them on (Popen uses it too)."""
     before_start = None
     if uid_map is not None or gid_map is not None:
         uid_text = None if uid_map is None else _map_text(uid_map, "uid_map")
@@ -330,18 +332,18 @@ def _spawn(child: list[int], argv: Sequence[Union[str, bytes, "os.PathLike[str]"
         def before_start(pid: int) -> None:
             _write_maps(pid, uid_text, setgroups, gid_text)
 
-    handles = None
-    if stdin is not None or stdout is not None or stderr is not None:
-        from ._process import _Handles
-
-        handles = _Handles(stdin, stdout, stderr, pipes=False)
     try:
-        return _core.spawn(argv, flags, before_start=before_start,
-                           stdio=None if handles is None else handles.child, into=child,
+        stdio = None
+        if stdin is not None or stdout is not None or stderr is not None:
+            from ._process import _Handles
+
+            handles = _Handles(opened)
+            handles.resolve(stdin, stdout, stderr, pipes=False)
+            stdio = handles.child
+        return _core.spawn(argv, flags, before_start=before_start, stdio=stdio, into=child,
                            **options)
     finally:
-        if handles is not None:
-            handles.close_child()
+        _core._close(opened)
 
 
 __all__ = [

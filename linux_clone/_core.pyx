@@ -1492,20 +1492,85 @@ def spawn(argv, flags=0, *, env=None, cwd=None, hostname=None,
 from posix.signal cimport kill as c_kill
 
 
-def _discard(list child):
-    """Kill and reap the child spawn() put in `child` (if any) and close its pidfd, with no
-    Python code in between: a caller that raised before handing it on leaves nothing."""
+def _discard(list child, *fds):
+    """Kill and reap the child spawn() put in `child` (if any) and close its pidfd, then the
+    fds in the lists `fds` (as _close), with no Python code in between: a caller that raised
+    before handing them on leaves nothing."""
     cdef pid_t pid
     cdef int pid_fd
-    if not child:
-        return
-    pid, pid_fd = child[0], child[1]
-    del child[:]
-    c_kill(pid, SIGKILL)
-    with nogil:
-        _reap(pid)
-    if pid_fd >= 0:
-        close(pid_fd)
+    if child:
+        pid, pid_fd = child[0], child[1]
+        del child[:]
+        c_kill(pid, SIGKILL)
+        with nogil:
+            _reap(pid)
+        if pid_fd >= 0:
+            close(pid_fd)
+    _close(*fds)
+
+
+# ---- the fds Popen opens for a child: in a list from their creation to their close ----
+# A signal handler runs (and may raise KeyboardInterrupt) between any two Python calls, and
+# on 3.9 between most bytecodes: an fd held only in a Python variable can be lost there.
+# These make an fd and record it, or forget it and close it, in one step.
+
+import io
+
+cdef extern from "<unistd.h>" nogil:
+    int pipe2(int pipefd[2], int flags)
+
+
+def _pipe(list opened, list parent, Py_ssize_t i):
+    """A pipe (close-on-exec) for the child's fd i: its end (the read end for stdin, i 0)
+    appended to `opened`, the other end put in parent[i]."""
+    cdef int ends[2]
+    if pipe2(ends, O_CLOEXEC) == -1:
+        _raise_errno(errno)
+    try:
+        opened.append(ends[0] if i == 0 else ends[1])
+    except BaseException:
+        close(ends[0])
+        close(ends[1])
+        raise
+    parent[i] = ends[1] if i == 0 else ends[0]  # a small int, an index checked by the caller
+
+
+def _open(list fds, path, int flags):
+    """Append the fd of `path` opened with `flags` (close-on-exec) to `fds`."""
+    cdef bytes raw = _fsencode(path)
+    cdef int fd = c_open(raw, flags | O_CLOEXEC)
+    if fd == -1:
+        _raise_errno(errno, path)
+    try:
+        fds.append(fd)
+    except BaseException:
+        close(fd)
+        raise
+
+
+def _fdopen(list fds, Py_ssize_t i, mode, int bufsize):
+    """io.open(fds[i], mode, bufsize), fds[i] becoming -1 as the file object takes the fd
+    (bufsize is a C int first: io.open's OverflowError would come before it owned the fd)."""
+    fd = fds[i]
+    fds[i] = -1
+    return io.open(fd, mode, bufsize)
+
+
+def _close(*fds):
+    """Close the fds in the lists `fds`, each entry -1 (none) before its close(); the first
+    error (but EINTR: Linux has closed the fd) is raised once all are closed."""
+    cdef list each
+    cdef Py_ssize_t i
+    cdef int fd, err = 0
+    for each in fds:
+        for i in range(len(each)):
+            fd = each[i]
+            if fd != -1:
+                each[i] = -1
+                if close(fd) == -1 and errno != EINTR and err == 0:
+                    err = errno
+    if err:
+        _raise_errno(err)
 
 
 cdef int _check_spawn(object argv, object env, unsigned long long ns_flags, object hostname,

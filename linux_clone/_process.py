@@ -9,6 +9,9 @@ import select
 import sys
 import threading
 import time
+from _operator import index as _index
+
+from . import _core
 # typing costs ~5 ms of import (it pulls in re), signal builds three enums: only type
 # checkers read these, the interpreter takes the same values from _signal.
 TYPE_CHECKING = False
@@ -63,21 +66,22 @@ _READ_SIZE = 32768
 class _Handles:
     """stdin/stdout/stderr as subprocess's _get_handles resolves them: the fds the child gets
     (-1: the caller's), the parent's pipe ends, and the fds opened here that the parent
-    closes once the child has them.  pipes: whether PIPE is allowed (spawn has no pipe ends
-    to return)."""
+    closes once the child has them (the caller's list `opened`, if given).  _core makes
+    each fd straight into `opened` or `parent`, so that the caller's
+    _core._discard(child, handles.opened, handles.parent) closes every one even after a
+    signal handler's exception."""
 
-    def __init__(self, stdin: Any, stdout: Any, stderr: Any, pipes: bool) -> None:
+    def __init__(self, opened: "Optional[List[int]]" = None) -> None:
         self.child = [-1, -1, -1]    # p2cread, c2pwrite, errwrite
         self.parent = [-1, -1, -1]   # p2cwrite, c2pread, errread
-        self.opened: List[int] = []  # closed in the parent once the child has them
+        self.opened: List[int] = [] if opened is None else opened
         self._devnull = -1
-        try:
-            for i, (name, value) in enumerate((("stdin", stdin), ("stdout", stdout),
-                                               ("stderr", stderr))):
-                self._resolve(i, name, value, pipes)
-        except BaseException:
-            self.close_all()
-            raise
+
+    def resolve(self, stdin: Any, stdout: Any, stderr: Any, pipes: bool) -> None:
+        """pipes: whether PIPE is allowed (spawn has no pipe ends to return)."""
+        for i, (name, value) in enumerate((("stdin", stdin), ("stdout", stdout),
+                                           ("stderr", stderr))):
+            self._resolve(i, name, value, pipes)
 
     def _resolve(self, i: int, name: str, value: Any, pipes: bool) -> None:
         if value is None:
@@ -85,13 +89,12 @@ class _Handles:
         if value == PIPE:
             if not pipes:
                 raise ValueError(f"{name}=PIPE needs Popen: spawn() returns no pipe ends")
-            rfd, wfd = os.pipe()
-            self.opened.append(rfd if i == 0 else wfd)
-            self.child[i], self.parent[i] = (rfd, wfd) if i == 0 else (wfd, rfd)
+            _core._pipe(self.opened, self.parent, i)
+            self.child[i] = self.opened[-1]
         elif value == DEVNULL:
             if self._devnull == -1:
-                self._devnull = os.open(os.devnull, os.O_RDWR)
-                self.opened.append(self._devnull)
+                _core._open(self.opened, os.devnull, os.O_RDWR)
+                self._devnull = self.opened[-1]
             self.child[i] = self._devnull
         elif value == STDOUT:
             if i != 2:
@@ -109,13 +112,20 @@ class _Handles:
                                  f"a file object, not {value}")
             self.child[i] = value
         else:
-            self.child[i] = value.fileno()
+            try:
+                fileno = value.fileno
+            except AttributeError:
+                raise TypeError(f"{name} must be an fd, PIPE, DEVNULL{', STDOUT' * (i == 2)} or "
+                                f"a file object, not {type(value).__name__}") from None
+            # As subprocess takes it: through __index__ (a str or float is a TypeError).
+            fd = _index(fileno())
+            if fd < 0:
+                raise ValueError(f"{name}.fileno() returned {fd}, not an fd")
+            self.child[i] = fd
 
     def close_child(self) -> None:
         """Close what the parent opened for the child only (once the child has them)."""
-        opened, self.opened = self.opened, []
-        for fd in opened:
-            os.close(fd)
+        _core._close(self.opened)
 
     # No comprehension runs in Popen.__init__'s try: 3.12+ inlines them (PEP 709), and a
     # KeyboardInterrupt raised inside one skipped that try's handler (seen on 3.13.0).
@@ -126,13 +136,6 @@ class _Handles:
     def child_stdio(self) -> "List[Optional[int]]":
         return [None if fd == -1 else fd for fd in self.child]
 
-    def close_all(self) -> None:
-        self.close_child()
-        for fd in self.parent:
-            if fd != -1:
-                os.close(fd)
-        self.parent = [-1, -1, -1]
-
 
 # Popens dropped while their child still ran, reaped by the next Popen (subprocess's _active).
 _active: List["Popen"] = []
@@ -141,8 +144,8 @@ _active: List["Popen"] = []
 def _cleanup() -> None:
     for proc in _active[:]:
         if proc._internal_poll() is not None:
+            proc._close_pidfd()  # first: its __del__ has run, nothing closes it once dropped
             _active.remove(proc)
-            proc._close_pidfd()
 
 
 class Popen:
@@ -168,7 +171,7 @@ class Popen:
                  encoding: Optional[str] = None, errors: Optional[str] = None,
                  bufsize: Optional[int] = -1, **spawn_options: Unpack[_SpawnOptions]) -> None:
         # The package imports this module before it defines _spawn.  (Its stub has neither.)
-        from . import _core, _spawn  # type: ignore[attr-defined]
+        from . import _spawn  # type: ignore[attr-defined]
 
         # subprocess is imported before the child exists (every Popen passes here), so that a
         # wait with a timeout after a chroot or pivot_root into a root without Python's
@@ -185,7 +188,7 @@ class Popen:
         self.stdout: Optional[IO[Any]] = None
         self.stderr: Optional[IO[Any]] = None
         self.pid = -1
-        self.pidfd: Optional[int] = None
+        self._pidfd = [-1]  # pidfd's value (-1: None), a list that _core._close empties
         self.encoding, self.errors = encoding, errors
         self.text_mode = bool(text or encoding or errors)
         self._waitlock = threading.Lock()      # held by whoever reaps (as subprocess's)
@@ -200,10 +203,10 @@ class Popen:
             import warnings
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=2)
             close_fds = True
-        handles = None
+        handles = _Handles()
         child: List[int] = []  # the child's pid and pidfd, once it exists
         try:
-            handles = _Handles(stdin, stdout, stderr, pipes=True)
+            handles.resolve(stdin, stdout, stderr, pipes=True)
             # A pass_fds entry that is now one of the parent's pipe ends is not passed: the
             # child's copy of that end is closed, as subprocess closes it before its exec.
             # (-1 marks an unused end, not an fd: spawn rejects it in pass_fds.)
@@ -212,20 +215,21 @@ class Popen:
             # encoding raises with no child started.
             self._open_pipes(handles.parent, bufsize)
             stdio = handles.child_stdio()
-            _spawn(child, argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+            # [] for what _spawn opens: nothing, the stdio here are fds.
+            _spawn(child, [], argv, flags, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                    pass_fds=pass_fds, close_fds=close_fds, start_new_session=start_new_session,
                    umask=umask, pidfd=True, **spawn_options)
             handles.close_child()
             # Last: from here the child is the Popen's (__del__, wait, kill).
             self.pid, pidfd = child
-            self.pidfd = None if pidfd == -1 else pidfd  # None: Linux < 5.3
+            self._pidfd[0] = pidfd  # -1: Linux < 5.3
             self._child_created = True
         except BaseException:
             # A signal handler's exception (KeyboardInterrupt) once the child exists: the
             # caller never gets this Popen, so the child is killed and reaped here (subprocess
-            # would leave it running, unwaited).  The pipes close through their file objects,
-            # the rest here.
-            _core._discard(child)
+            # would leave it running, unwaited).  First, in one call, what only a list holds;
+            # the pipes' file objects close when dropped, or here.
+            _core._discard(child, handles.opened, handles.parent)
             self.pid, self.pidfd, self._child_created = -1, None, False
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
@@ -233,8 +237,6 @@ class Popen:
                         stream.close()
                     except OSError:
                         pass
-            if handles is not None:
-                handles.close_all()
             raise
 
     # subprocess.Popen[bytes] works at run time (3.9+), so does ours (to type checkers
@@ -242,6 +244,15 @@ class Popen:
     # types.
     if not TYPE_CHECKING:
         __class_getitem__ = classmethod(type(list[int]))
+
+    @property
+    def pidfd(self) -> Optional[int]:
+        fd = self._pidfd[0]
+        return None if fd == -1 else fd
+
+    @pidfd.setter
+    def pidfd(self, value: Optional[int]) -> None:
+        self._pidfd[0] = -1 if value is None else value
 
     @property
     def universal_newlines(self) -> bool:
@@ -259,11 +270,9 @@ class Popen:
         if line_buffering:
             bufsize = -1  # the binary streams below cannot buffer lines
         for i, name in enumerate(("stdin", "stdout", "stderr")):
-            fd = parent[i]
-            if fd == -1:
+            if parent[i] == -1:
                 continue
-            parent[i] = -1  # no signal handler runs from here to io.open (CPython 3.10+)
-            stream: Any = io.open(fd, "wb" if i == 0 else "rb", bufsize)
+            stream: Any = _core._fdopen(parent, i, "wb" if i == 0 else "rb", bufsize)
             setattr(self, name, stream)
             if self.text_mode:
                 # On failure the binary stream stays in the attribute, for the caller to close.
@@ -300,9 +309,15 @@ class Popen:
             if self.returncode is not None:
                 self._close_pidfd()
 
+    _child_created = False  # also when __init__ raised before setting it
+
     def __del__(self) -> None:
-        if not getattr(self, "_child_created", False):
+        if not self._child_created:  # an attribute, no call: no signal handler runs here
             return
+        # First: whatever a signal handler's exception cuts short below (it is only printed
+        # here), the next Popen's _cleanup reaps the child and closes the pidfd.  __del__ runs
+        # once: a Popen dropped again has nothing else that would.
+        _active.append(self)
         if self.returncode is None:
             # As subprocess warns: nobody waited for this child.  Not at interpreter
             # shutdown, when the import fails.
@@ -312,18 +327,14 @@ class Popen:
                               stacklevel=1, source=self)
             except ImportError:
                 pass
-        self._internal_poll()
-        if self.returncode is None:
-            # Kept until the next Popen can reap it, as subprocess keeps it.
-            _active.append(self)
-        else:
+        # Else kept until the next Popen can reap it, as subprocess keeps it.
+        if self._internal_poll() is not None:
             self._close_pidfd()
+            _active.remove(self)
 
     def _close_pidfd(self) -> None:
         with self._waitlock:
-            pidfd, self.pidfd = self.pidfd, None
-        if pidfd is not None:
-            os.close(pidfd)
+            _core._close(self._pidfd)
 
     # ---- waiting ----
 

@@ -78,7 +78,7 @@ def test_spawn_devnull_and_fd(tmp_path: Any) -> None:
     ({"pass_fds": [2**31]}, ValueError),
     ({"pass_fds": [3.0]}, TypeError),
     ({"umask": 2**31}, OverflowError),
-    ({"stdin": "not a file"}, AttributeError),
+    ({"stdin": "not a file"}, TypeError),  # subprocess: AttributeError
 ])
 def test_spawn_bad_stdio_options_raise_before_any_child(kwargs: Dict[str, Any],
                                                         exc_type: type) -> None:
@@ -806,9 +806,7 @@ def test_popen_interrupted_at_any_line_keeps_its_child_and_leaks_no_fd() -> None
         import gc
         import time
 
-        # Not _open_pipes: it clears an fd's slot the line before io.open takes the fd, where
-        # CPython 3.10+ runs no signal handler (3.9 may, between any two instructions).
-        funcs = [linux_clone.Popen.__init__]
+        funcs = [linux_clone.Popen.__init__, linux_clone.Popen._open_pipes]
         children = f"/proc/self/task/{os.getpid()}/children"
         before = sorted(os.listdir("/proc/self/fd"))
         problems: List[Any] = []
@@ -942,6 +940,99 @@ def test_keyboard_interrupt_while_starting_leaves_no_child_or_pidfd(privileged: 
         "spawn ok True", "spawn stdout ok True", "spawn maps ok True", "run ok True"]
 
 
+# As INTERRUPT_EVERYWHERE, with stdio fds (pipes, DEVNULL, the parent's file objects): after
+# each KeyboardInterrupt no fd may be left open that was not before, and no child.  The
+# interrupt also comes at C calls' call events, as a signal handler's can on 3.9 (between
+# any two bytecodes there).
+INTERRUPT_WITH_PIPES = r"""
+import gc, os, subprocess, sys
+import linux_clone
+from linux_clone import DEVNULL, PIPE, _process
+
+def fds():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add((name, os.readlink("/proc/self/fd/" + name)))
+        except OSError:
+            pass  # the listing's own fd
+    return found
+
+def leftovers(before):
+    try:
+        child = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        child = None
+    return sorted(fds() - before), child and child.si_pid
+
+def interrupt_at(k, call):
+    events = [0]
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "return" and (
+                code is linux_clone.spawn.__code__ or code is linux_clone.Popen.__init__.__code__):
+            sys.setprofile(None)  # started: the child is the caller's (Popen's)
+            return
+        if events[0] == k:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        events[0] += 1
+    sys.setprofile(profile)
+    try:
+        return call()
+    finally:
+        sys.setprofile(None)
+
+def sweep(name, call, done):
+    before = fds()
+    for k in range(100000):
+        try:
+            result = interrupt_at(k, call)
+        except KeyboardInterrupt:
+            pass  # checked below, once the traceback's frames are gone
+        else:
+            done(result)
+            assert leftovers(before) == ([], None), leftovers(before)
+            print(name, "ok", k >= 3)
+            return
+        gc.collect()
+        _process._cleanup()
+        if leftovers(before) != ([], None):
+            print(name, k, leftovers(before))
+            return
+
+def wait(proc):
+    with proc:  # closes the pidfd
+        proc.communicate()
+
+def reap(result):
+    pid, pidfd = result
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+
+env = {"PATH": os.environ["PATH"]}  # os.environ would add some 800 events to each call
+pipes = dict(stdin=PIPE, stdout=PIPE, stderr=PIPE)
+sweep("Popen", lambda: linux_clone.Popen(["true"], env=env, **pipes), wait)
+sweep("Popen text", lambda: linux_clone.Popen(["true"], env=env, text=True, **pipes), wait)
+sweep("Popen devnull", lambda: linux_clone.Popen(["true"], env=env, stdin=DEVNULL,
+                                                 stdout=PIPE, stderr=DEVNULL), wait)
+sweep("run", lambda: linux_clone.run(["true"], env=env, input=b"x", capture_output=True),
+      lambda result: None)
+sweep("spawn devnull", lambda: linux_clone.spawn(["true"], env=env, stdin=DEVNULL, pidfd=True),
+      reap)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_keyboard_interrupt_while_starting_with_pipes_leaves_no_fd_or_child(
+        privileged: None) -> None:
+    result = run_python(INTERRUPT_WITH_PIPES, timeout=280)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "Popen ok True", "Popen text ok True", "Popen devnull ok True", "run ok True",
+        "spawn devnull ok True"]
+
+
 def test_timeouts_beyond_poll_range_as_subprocess() -> None:
     """Beyond poll()'s INT_MAX ms (24.8 days) and inf: subprocess waits, so do we (and
     communicate() with pipes, an OverflowError in subprocess, waits too)."""
@@ -1008,3 +1099,191 @@ def test_env_needs_items_only() -> None:
     assert result.stdout == b"1\n"
     with pytest.raises(AttributeError):
         subprocess.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath))
+
+
+class FilenoReturns:
+    """A stdio object whose fileno() returns (or raises) `value`."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fileno(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"fileno() -> {self.value!r}"
+
+
+class Index:
+    def __index__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "Index(1)"
+
+
+class NoFileno:
+    def __repr__(self) -> str:
+        return "NoFileno()"
+
+
+# (the stdout object, subprocess.Popen's exception, ours; None: the program runs)
+ODD_STDOUTS = [
+    # As subprocess: fileno() goes through __index__.
+    (FilenoReturns("1"), "TypeError", "TypeError"),
+    (FilenoReturns(b"1"), "TypeError", "TypeError"),
+    (FilenoReturns(1.0), "TypeError", "TypeError"),
+    (FilenoReturns(None), "TypeError", "TypeError"),
+    (FilenoReturns(True), None, None),
+    (FilenoReturns(Index()), None, None),
+    (FilenoReturns(2**31), "OverflowError", "OverflowError"),
+    (FilenoReturns(2**64), "OverflowError", "OverflowError"),
+    (FilenoReturns(1000), "OSError", "OSError"),  # not open: EBADF
+    (FilenoReturns(OSError(errno.EBADF, "raised")), "OSError", "OSError"),
+    (FilenoReturns(ValueError("raised")), "ValueError", "ValueError"),
+    # Differs, as the README says: a negative fd is a ValueError (subprocess: -1 is the
+    # caller's stdout, another an EBADF from the child), a non-file a TypeError.
+    (FilenoReturns(-1), None, "ValueError"),
+    (FilenoReturns(-2), "OSError", "ValueError"),
+    (NoFileno(), "AttributeError", "TypeError"),
+    (1.5, "AttributeError", "TypeError"),
+]
+
+
+@pytest.mark.parametrize("stdout, theirs, ours", ODD_STDOUTS, ids=repr)
+def test_odd_stdio_objects_raise_as_subprocess(stdout: Any, theirs: Any, ours: Any) -> None:
+    """Popen, run and spawn raise the same exception class for each, with no fd left (the
+    stdin pipe, made first, closed again); subprocess's class, unless the README says."""
+    def case(module: Any) -> List[Any]:
+        calls = [lambda: module.Popen(["true"], stdin=module.PIPE, stdout=stdout).wait(),
+                 lambda: module.run(["true"], stdin=module.DEVNULL, stdout=stdout)]
+        if module is linux_clone:
+            calls.append(lambda: os.waitpid(module.spawn(["true"], stdin=module.DEVNULL,
+                                                         stdout=stdout), 0))
+        before = fd_count()
+        raised = []
+        for call in calls:
+            try:
+                call()
+                raised.append(None)
+            except Exception as exc:
+                raised.append(type(exc).__name__)
+        return [raised, fd_count() - before]
+
+    theirs_raised, _ = in_child(case, subprocess)
+    assert theirs_raised == [theirs] * 2
+    assert in_child(case, linux_clone) == [[ours] * 3, 0]
+
+
+# A Popen dropped (its __del__) or reaped by the next Popen (_cleanup) with KeyboardInterrupt
+# at each profiled event in turn: its pidfd is closed and its child reaped once _cleanup has
+# run (__del__ only prints its exception, and runs once).
+INTERRUPT_DROPPED = r"""
+import _thread, gc, os, sys, time
+import linux_clone
+from linux_clone import PIPE, _process
+
+def pidfds():
+    found = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink("/proc/self/fd/" + name) == "anon_inode:[pidfd]"
+        except OSError:
+            pass  # the listing's own fd
+    return found
+
+def leftovers():
+    gc.collect()
+    for _ in range(1000):  # the exited children still in _active
+        _process._cleanup()
+        if not _process._active:
+            break
+        time.sleep(0.01)
+    try:
+        child = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        child = None
+    return pidfds(), child and child.si_pid
+
+def exited(proc):
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+
+def interrupt_at(k, call):
+    events = [0]
+    def profile(frame, event, arg):
+        # Not covered: __del__'s start, to its first call (_active.append), where nothing
+        # keeps the Popen yet (3.10+ runs a handler there only as __del__ starts); the
+        # wait lock, held for good by an interrupt as _internal_poll's acquire() returns (as
+        # subprocess's) or before a with's __exit__ call (3.9).
+        code, owner = frame.f_code, getattr(arg, "__self__", None)
+        if code is interrupt_at.__code__ or code is _process.Popen._internal_poll.__code__ or (
+                event == "c_call" and isinstance(owner, _thread.LockType)) or (
+                code is _process.Popen.__del__.__code__ and (
+                    event == "call" or (event == "c_call" and owner is _process._active))):
+            return
+        if events[0] == k:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        events[0] += 1
+    sys.setprofile(profile)
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    return events[0] == k  # reached: interrupted
+
+def sweep(name, prepare, call):
+    for k in range(100000):
+        held = prepare()
+        interrupted = interrupt_at(k, lambda: call(held))
+        del held  # what an interrupt kept from dropping
+        if not interrupted:
+            print(name, "ok", k >= 3, leftovers())
+            return
+        if leftovers() != (0, None):
+            print(name, k, leftovers())
+            return
+
+def waited():
+    proc = linux_clone.Popen(["true"], env=env)
+    proc.wait()  # reaped, its pidfd still open
+    return [proc]
+
+def running():
+    proc = linux_clone.Popen(["cat"], env=env, stdin=PIPE)
+    stdin, proc.stdin = proc.stdin, None
+    return [proc, stdin]
+
+def drop(held):
+    held.pop(0)  # __del__
+
+def drop_running(held):
+    exit_later = held[1]  # cat exits as the pipe closes: after its Popen is dropped
+    drop(held)
+    exit_later.close()
+
+def reap_in_cleanup(held):
+    proc = held[0]
+    drop_running(held)
+    exited(proc)
+    del proc
+    _process._cleanup()
+
+sys.unraisablehook = lambda unraisable: None  # __del__'s KeyboardInterrupt
+env = {"PATH": os.environ["PATH"]}
+sweep("del waited", waited, drop)
+sweep("del running", running, drop_running)
+sweep("cleanup", running, reap_in_cleanup)
+"""
+
+
+def test_keyboard_interrupt_in_a_dropped_popen_leaves_no_pidfd_or_child() -> None:
+    result = run_python(INTERRUPT_DROPPED, timeout=170)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "del waited ok True (0, None)", "del running ok True (0, None)",
+        "cleanup ok True (0, None)"]
