@@ -25,8 +25,11 @@ def leftover_children() -> List[str]:
     """Children still there (zombies included), from the kernel's and from waitpid's view."""
     found = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            found += f.read().split()
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                found += f.read().split()
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended after the listdir: its children are the others' now
     try:
         pid, status = os.waitpid(-1, os.WNOHANG | 0x40000000)  # __WALL
         found.append(f"waitpid: {pid} {status:#x}")
