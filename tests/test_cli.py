@@ -173,11 +173,18 @@ def test_interrupt_is_for_the_command() -> None:
     """As with system(): ^C and ^\\ sent to linux_clone alone do not stop it waiting; sent to
     the whole process group (as a terminal sends them) they kill COMMAND, and the status says
     so."""
+    def default_signals() -> None:
+        # As a terminal's foreground job has them: a suite started in the background by a
+        # script (`cmd &`, nohup) ignores ^C and ^\, and COMMAND rightly inherits that.
+        for signum in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_DFL)
+
     def start(script: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "linux_clone", "-f", "--", "sh", "-c",
                                  script],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env=python_env(), cwd="/", start_new_session=True)
+                                env=python_env(), cwd="/", start_new_session=True,
+                                preexec_fn=default_signals)
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         return proc
 

@@ -865,7 +865,7 @@ def test_running_popen_collected_warns_as_subprocess() -> None:
 # each, no child and no pidfd may be left that the caller did not get.  Up to spawn()'s (and
 # Popen.__init__'s) return: what it returns is the caller's from there.
 INTERRUPT_EVERYWHERE = r"""
-import gc, os, subprocess, sys
+import _thread, gc, os, subprocess, sys
 import linux_clone
 from linux_clone import _process
 
@@ -889,6 +889,12 @@ def interrupt_at(k, call):
         if event == "return" and (
                 code is linux_clone.spawn.__code__ or code is linux_clone.Popen.__init__.__code__):
             sys.setprofile(None)  # started: the child is the caller's (Popen's)
+            return
+        if event == "c_return" and getattr(arg, "__name__", None) == "__enter__" and isinstance(
+                getattr(arg, "__self__", None), _thread.LockType):
+            # Not covered: 3.14+ calls a with's __enter__ with a CALL, whose exception comes
+            # before the with's handler, so no __exit__ releases the lock (CPython gh-148874;
+            # the module's _flag_lock as NEWUSER makes CloneFlag).
             return
         if events[0] == k:
             sys.setprofile(None)
@@ -1216,10 +1222,12 @@ def interrupt_at(k, call):
         # Not covered: __del__'s start, to its first call (_active.append), where nothing
         # keeps the Popen yet (3.10+ runs a handler there only as __del__ starts); the
         # wait lock, held for good by an interrupt as _internal_poll's acquire() returns (as
-        # subprocess's) or before a with's __exit__ call (3.9).
+        # subprocess's), before a with's __exit__ call (3.9) or as a with's __enter__ returns
+        # (3.14+: a CALL, whose exception comes before the with's handler, CPython gh-148874).
         code, owner = frame.f_code, getattr(arg, "__self__", None)
         if code is interrupt_at.__code__ or code is _process.Popen._internal_poll.__code__ or (
-                event == "c_call" and isinstance(owner, _thread.LockType)) or (
+                isinstance(owner, _thread.LockType) and (
+                    event == "c_call" or event == "c_return" and arg.__name__ == "__enter__")) or (
                 code is _process.Popen.__del__.__code__ and (
                     event == "call" or (event == "c_call" and owner is _process._active))):
             return
