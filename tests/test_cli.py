@@ -763,7 +763,9 @@ def test_script_without_shebang_runs_under_sh_as_unshare(util_linux_unshare: Non
     assert ours == theirs
 
 
-@pytest.mark.parametrize("option", ["--h", "--ho", "--hos", "--l", "--lo", "--m", "--map",
+@pytest.mark.parametrize("option", ["--h", "--ho", "--hos", "--l", "--lo",
+                                    pytest.param("--m", marks=UTIL_LINUX_238),
+                                    pytest.param("--map", marks=UTIL_LINUX_238),
                                     "--k", "--he", "--loopback", "--hostname=x"])
 def test_abbreviations_as_unshare(util_linux_unshare: None, option: str) -> None:
     """Our --loopback and --hostname are matched in full only: every abbreviation means
@@ -834,8 +836,10 @@ def test_namespace_files_bound_in_unshares_order(util_linux_unshare: None, privi
 
 @pytest.mark.parametrize("args", [
     ["--map-user=-1"], ["--map-user=4294967295"], ["--map-group=-1"], ["-r", "--map-user=-1"],
-    ["--map-users=0,0,-1"], ["--map-groups=0,0,4294967295"], ["--map-users=-1,0,1"],
-    ["--map-users=0,0,18446744073709551615"],
+    # --map-users/--map-groups are util-linux 2.38's.
+    *(pytest.param(args, marks=UTIL_LINUX_238) for args in (
+        ["--map-users=0,0,-1"], ["--map-groups=0,0,4294967295"], ["--map-users=-1,0,1"],
+        ["--map-users=0,0,18446744073709551615"])),
 ])
 def test_id_minus_one_as_unshare(util_linux_unshare: None, privileged: None,
                                  args: List[str]) -> None:
