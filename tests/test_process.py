@@ -17,7 +17,7 @@ import pytest
 import linux_clone
 from linux_clone import NEWNET, NEWUSER
 
-from conftest import fd_count, in_child, run_python
+from conftest import Fileno, fd_count, in_child, run_python
 
 # The program whose fds are compared: {fd: what it is} for every fd it has at start, pipes
 # and sockets by kind only (their inodes differ between runs).
@@ -1107,21 +1107,6 @@ def test_env_needs_items_only() -> None:
         subprocess.run(["sh", "-c", "echo $X"], env=Items(X="1", PATH=os.defpath))
 
 
-class FilenoReturns:
-    """A stdio object whose fileno() returns (or raises) `value`."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def fileno(self) -> Any:
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"fileno() -> {self.value!r}"
-
-
 class Index:
     def __index__(self) -> int:
         return 1
@@ -1138,21 +1123,21 @@ class NoFileno:
 # (the stdout object, subprocess.Popen's exception, ours; None: the program runs)
 ODD_STDOUTS = [
     # As subprocess: fileno() goes through __index__.
-    (FilenoReturns("1"), "TypeError", "TypeError"),
-    (FilenoReturns(b"1"), "TypeError", "TypeError"),
-    (FilenoReturns(1.0), "TypeError", "TypeError"),
-    (FilenoReturns(None), "TypeError", "TypeError"),
-    (FilenoReturns(True), None, None),
-    (FilenoReturns(Index()), None, None),
-    (FilenoReturns(2**31), "OverflowError", "OverflowError"),
-    (FilenoReturns(2**64), "OverflowError", "OverflowError"),
-    (FilenoReturns(1000), "OSError", "OSError"),  # not open: EBADF
-    (FilenoReturns(OSError(errno.EBADF, "raised")), "OSError", "OSError"),
-    (FilenoReturns(ValueError("raised")), "ValueError", "ValueError"),
+    (Fileno("1"), "TypeError", "TypeError"),
+    (Fileno(b"1"), "TypeError", "TypeError"),
+    (Fileno(1.0), "TypeError", "TypeError"),
+    (Fileno(None), "TypeError", "TypeError"),
+    (Fileno(True), None, None),
+    (Fileno(Index()), None, None),
+    (Fileno(2**31), "OverflowError", "OverflowError"),
+    (Fileno(2**64), "OverflowError", "OverflowError"),
+    (Fileno(1000), "OSError", "OSError"),  # not open: EBADF
+    (Fileno(OSError(errno.EBADF, "raised")), "OSError", "OSError"),
+    (Fileno(ValueError("raised")), "ValueError", "ValueError"),
     # Differs, as the README says: a negative fd is a ValueError (subprocess: -1 is the
     # caller's stdout, another an EBADF from the child), a non-file a TypeError.
-    (FilenoReturns(-1), None, "ValueError"),
-    (FilenoReturns(-2), "OSError", "ValueError"),
+    (Fileno(-1), None, "ValueError"),
+    (Fileno(-2), "OSError", "ValueError"),
     (NoFileno(), "AttributeError", "TypeError"),
     (1.5, "AttributeError", "TypeError"),
 ]
